@@ -1,0 +1,1 @@
+"""absl-flag entry points: train, search, scale (installed as ran_keras.experiments)."""

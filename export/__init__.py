@@ -1,0 +1,1 @@
+"""Int8 TFLite export, Vela compilation and reports (installed as ran_keras.export)."""

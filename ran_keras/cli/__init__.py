@@ -1,0 +1,44 @@
+"""The ``ran`` command line. Each module in COMMANDS adds its subcommands via ``register``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import List, Optional
+
+#: modules that contribute subcommands (each has ``register(subparsers)``); keep imports light
+COMMANDS = [
+    "ran_keras.cli.zoo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ran_keras import __version__
+    parser = argparse.ArgumentParser(
+        prog="ran", description="ran-keras: Restructurable Activation Networks for tf_keras and Arm Ethos-U.")
+    parser.add_argument("--version", action="version", version=f"ran-keras {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ran_keras.errors import RanError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (RanError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        print(f"ran {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ran {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
