@@ -1,0 +1,358 @@
+"""``ran export``, ``ran vela``, ``ran hwtable`` and ``ran bench-cpu``: int8 TFLite, Ethos-U costs, CPU speed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ran_keras.cli.common import CliError, add_json_arg, emit_json, nonneg_int, positive_int
+
+HWTABLE_ACTIVATIONS = ("default", "relu6", "hard_swish")
+
+
+def _csv_list(value: str) -> List[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {value!r}")
+    return items
+
+
+def _floats(value: str) -> List[float]:
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 127.5 or 123.7,116.3,103.5, got {value!r}") from None
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, int8_flags: bool = True) -> None:
+    p.add_argument("--input-size", type=positive_int, help="square input size (default: the spec's, 224)")
+    p.add_argument("--classes", type=positive_int, default=1000, help="classifier size (default 1000)")
+    p.add_argument("--activation", help="replace every non-linearity (e.g. relu6, hard_swish); specs only")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="weights and calibration crops seed (default 0)")
+    p.add_argument("--calibration", default="photos", metavar="SOURCE",
+                   help="representative data: photos (default; offline scikit-image/scikit-learn photos), random, "
+                        "folder:PATH (or a directory), tfds:NAME[:SPLIT] (prepared locally; nothing is downloaded)")
+    p.add_argument("--samples", type=positive_int, default=8, help="calibration images (default 8)")
+    p.add_argument("--tfds-data-dir", help="TFDS data_dir for --calibration tfds:...")
+    p.add_argument("--input-mean", type=_floats, help="override the input mean (0-255 scale; saved Keras models "
+                                                        "carry none, default 127.5)")
+    p.add_argument("--input-std", type=_floats, help="override the input std (default 127.5 for saved models)")
+    if int8_flags:
+        p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default per channel)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to int8 (or fp32) TFLite and check it",
+                       description="Build a registered model or spec (seeded weights), or load a saved .keras/.h5 "
+                                   "model, convert it to full-integer int8 TFLite (int8 input/output), list its "
+                                   "ops, fail if a tensor stayed float, and compare it with the Keras model on the "
+                                   "calibration images.")
+    p.add_argument("model", metavar="MODEL", help="registered name, spec .json, or .keras/.h5 file")
+    p.add_argument("-o", "--output", help="output .tflite (default ./<model>_int8.tflite or _fp32.tflite)")
+    _add_model_args(p)
+    p.add_argument("--fp32", action="store_true", help="float32 TFLite instead of int8 (for CPU comparisons)")
+    p.add_argument("--no-compare", action="store_true", help="skip the int8-vs-Keras comparison")
+    add_json_arg(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("vela", help="compile an int8 .tflite with Vela for Ethos-U targets and report its cost",
+                       description="Compile with Vela 5.2 and report cycles, FPS, NPU utilisation, memory, CPU "
+                                   "fallbacks and the most expensive layers. MODEL may also be a registered name, "
+                                   "spec or Keras file: it is exported to int8 first (same options as `ran export`).")
+    p.add_argument("model", nargs="?", metavar="MODEL", help=".tflite file, or a model to export first")
+    p.add_argument("-t", "--target", action="append", type=_csv_list, metavar="TARGET",
+                   help="named target (u55-128, u65-256, u65-256-384k, u85-256) or ACCEL:SYSTEM:MEMORY; repeat or "
+                        "comma-separate (default: all named targets)")
+    p.add_argument("--accelerator-config", help="with --system-config/--memory-mode: a user combination")
+    p.add_argument("--system-config", help="Vela system config (e.g. Ethos_U55_High_End_Embedded)")
+    p.add_argument("--memory-mode", help="Vela memory mode (e.g. Shared_Sram)")
+    p.add_argument("--config", help="your own Vela .ini for the system config / memory mode")
+    p.add_argument("--arena-cache-size", type=positive_int, help="SRAM cap in bytes (overrides the memory mode's)")
+    p.add_argument("--output-dir", default="out/vela", help="where Vela writes (default out/vela/<target>/)")
+    p.add_argument("--top", type=nonneg_int, default=10, help="most expensive layers to show (default 10)")
+    p.add_argument("--fail-on-cpu-ops", action="store_true", help="exit 1 when an operator falls back to the CPU")
+    p.add_argument("--list-targets", action="store_true", help="list the named targets and exit")
+    _add_model_args(p)
+    add_json_arg(p)
+    p.set_defaults(func=cmd_vela)
+
+    p = sub.add_parser("hwtable", help="the paper's hardware table (Tables 1-2) measured with Vela",
+                       description="Build each model (seeded weights), export int8 TFLite, compile it with Vela "
+                                   "for each target and print params, MACs and FPS beside the paper's, FPS "
+                                   "normalised to efficientnet_lite_b0 on the same target, NPU utilisation and "
+                                   "CPU-op counts. Writes hwtable.md/.csv/.json/.png into --output-dir.")
+    p.add_argument("--models", type=_csv_list, help="comma-separated models (default: the 10 of Tables 1-2)")
+    p.add_argument("--targets", type=_csv_list, help="comma-separated targets (default u55-128,u65-256,u65-256-384k)")
+    p.add_argument("--activation", default="default",
+                   help="default (each model's own), relu6 or hard_swish everywhere")
+    p.add_argument("--output-dir", default="out/hwtable", help="output folder (default out/hwtable)")
+    p.add_argument("--input-size", type=positive_int, default=224, help="input size (default 224)")
+    p.add_argument("--classes", type=positive_int, default=1000)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--calibration", default="photos", metavar="SOURCE", help="as for `ran export` (default photos)")
+    p.add_argument("--samples", type=positive_int, default=8, help="calibration images (default 8)")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales")
+    p.add_argument("--no-compare", action="store_true", help="skip the int8-vs-Keras comparison")
+    p.add_argument("--jobs", type=positive_int, default=2, help="conversion worker processes / parallel Vela "
+                                                                "compiles (default 2)")
+    p.add_argument("--no-cache", action="store_true", help="convert again even when out/tflite has the model")
+    p.add_argument("--fail-on-cpu-ops", action="store_true", help="exit 1 when any operator falls back to the CPU")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    add_json_arg(p)
+    p.set_defaults(func=cmd_hwtable)
+
+    p = sub.add_parser("bench-cpu", help="CPU latency/FPS of a TFLite model (optionally A/B against another)",
+                       description="Median latency and FPS of the TFLite interpreter after warm-up. MODEL is a "
+                                   ".tflite file or a model to export first (int8 by default). With --vs, the two "
+                                   "models run interleaved (ABBA) and the FPS ratio A/B is reported.")
+    p.add_argument("model", metavar="MODEL", help=".tflite file, registered name, spec .json or .keras/.h5")
+    p.add_argument("--vs", metavar="MODEL2", help="second model for an interleaved A/B comparison")
+    p.add_argument("--threads", type=positive_int, default=1, help="interpreter threads (default 1)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--int8", dest="fp32", action="store_false", help="export models as int8 (default)")
+    kind.add_argument("--fp32", dest="fp32", action="store_true", help="export models as fp32")
+    p.add_argument("--runs", type=positive_int, default=50, help="timed runs (default 50)")
+    p.add_argument("--warmup", type=nonneg_int, default=5, help="untimed runs first (default 5)")
+    _add_model_args(p, int8_flags=False)
+    add_json_arg(p)
+    p.set_defaults(func=cmd_bench, fp32=False)
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+def _export(args, model: str, *, int8: bool = True, compare: bool = True, output=None, say=_progress):
+    from ran_keras.export.calibration import parse_source
+    from ran_keras.export.pipeline import export_model
+    parse_source(args.calibration)  # a bad source fails before the model is built
+    return export_model(model, output, input_size=args.input_size, classes=args.classes,
+                        activation=args.activation, seed=args.seed, calibration=args.calibration,
+                        samples=args.samples, int8=int8, per_channel=not getattr(args, "per_tensor", False),
+                        compare=compare, mean=args.input_mean, std=args.input_std, data_dir=args.tfds_data_dir,
+                        progress=say)
+
+
+def _print_export(rep: Dict[str, Any]) -> None:
+    tfl = rep["tflite"]
+    h, w, c = rep["input_shape"]
+    calib = rep["calibration"]
+    desc = f"{rep['quantization']} ({rep['weights']} weights)"
+    if calib:
+        desc += f", calibration {calib['source']} x{calib['count']} (seed {calib['seed']})"
+    print(f"{rep['model']}: {desc}, input {h}x{w}x{c}")
+    if rep.get("output"):
+        print(f"wrote {rep['output']} ({tfl['size_bytes'] / 1e6:.2f} MB, sha256 {tfl['sha256'][:16]})")
+    print(f"ops ({tfl['op_count']}): " + ", ".join(f"{k} {v}" for k, v in tfl["ops"].items()))
+    if rep["quantization"] == "int8":
+        print("tensors: integer only (int8 activations and weights, int32 biases)")
+    agree = rep.get("agreement")
+    if agree:
+        print(f"{rep['quantization']} vs Keras on {agree['images']} calibration images ({agree['compared']}): "
+              f"top-1 agreement {100 * agree['top1_agreement']:.0f}%, max |error| {agree['max_abs_error']:.4g}, "
+              f"mean |error| {agree['mean_abs_error']:.4g} (Keras {agree['compared']} up to "
+              f"{agree['reference_abs_max']:.3g})")
+
+
+def cmd_export(args) -> int:
+    from ran_keras.export.pipeline import is_keras_file
+    int8 = not args.fp32
+    if args.per_tensor and not int8:
+        raise CliError("--per-tensor applies to int8 exports, not --fp32")
+    output = args.output
+    if output is None:
+        stem = Path(args.model).stem if (is_keras_file(args.model) or args.model.endswith(".json")) else args.model
+        if args.activation:
+            stem += f"_{args.activation}"
+        output = f"{stem}_{'int8' if int8 else 'fp32'}.tflite"
+    elif not output.endswith(".tflite"):
+        raise CliError(f"--output must end in .tflite, got {output!r}")
+    result = _export(args, args.model, int8=int8, compare=not args.no_compare, output=output)
+    if args.json:
+        emit_json(result.report, args.json)
+    else:
+        _print_export(result.report)
+    return 0
+
+
+# --- vela -----------------------------------------------------------------------------------------
+
+def _targets(args) -> List[Any]:
+    from ran_keras.export import vela
+    custom = [args.accelerator_config, args.system_config, args.memory_mode]
+    names = [t for group in (args.target or []) for t in group]
+    if any(custom):
+        if not all(custom):
+            raise CliError("a user combination needs all of --accelerator-config, --system-config and --memory-mode")
+        names.append(":".join(custom))
+    if not names:
+        names = list(vela.named_targets())
+    return [vela.resolve_target(n, config=args.config, arena_cache_size=args.arena_cache_size) for n in names]
+
+
+def _list_targets(args) -> int:
+    from ran_keras.export import vela
+    from ran_keras.report import table
+    targets = vela.named_targets()
+    if args.json:
+        emit_json({"targets": [t.to_dict() for t in targets.values()]}, args.json)
+        return 0
+    print(table(["target", "accelerator", "system config", "memory mode", "peak MACs/cycle", "paper column"],
+                [[t.name, t.accelerator, t.system_config, t.memory_mode, t.peak_macs_per_cycle,
+                  t.paper_column or "-"] for t in targets.values()]))
+    for t in targets.values():
+        print(f"{t.name}: {t.description}")
+    print(f"config: {vela.our_config()}")
+    print("Any other combination: --target ACCELERATOR:SYSTEM_CONFIG:MEMORY_MODE (sections from our .ini, "
+          "else Vela's bundled Arm/vela.ini, or --config FILE.ini)")
+    return 0
+
+
+def _short(name: str, width: int = 70) -> str:
+    parts = []
+    for seg in name.split(";"):
+        pieces = seg.split("/")
+        part = pieces[1] if len(pieces) > 2 else seg
+        if part not in parts:
+            parts.append(part)
+    text = " + ".join(parts)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _print_vela(rep, top: int) -> None:
+    from ran_keras.report import table
+    cap = "no SRAM cap" if rep.sram_cap is None else f"SRAM cap {rep.sram_cap:g} KiB"
+    print(f"{rep.network} on {rep.target}: {rep.accelerator}, {rep.system_config}, {rep.memory_mode} ({cap}), "
+          f"{rep.core_clock / 1e6:g} MHz")
+    print(f"  {rep.inferences_per_second:.2f} FPS ({1000 * rep.inference_time:.3f} ms), cycles {rep.cycles_total:,} "
+          f"total / {rep.cycles_npu:,} NPU, {rep.nn_macs:,} MACs, NPU utilisation {100 * rep.utilisation:.1f}% of "
+          f"{rep.peak_macs_per_cycle} MACs/cycle")
+    print(f"  SRAM used {rep.sram_used:.1f} KiB, off-chip {rep.off_chip_used:.1f} KiB "
+          f"(DRAM {rep.dram_used:.1f}, flash {rep.off_chip_flash_used:.1f}); {rep.npu_ops} NPU ops, "
+          f"{rep.cpu_op_count} CPU ops")
+    if rep.cpu_ops:
+        print(f"  WARNING: {rep.cpu_op_count} operator(s) run on the CPU and cost 0 cycles in Vela's estimate, "
+              "so this FPS is too optimistic:")
+        for o in rep.cpu_ops:
+            print(f"    CPU: {o['op']} {o['name']} ({o['reason']})")
+    if top and rep.layers:
+        rows = [[_short(l.name), l.op, "+".join(dict.fromkeys(l.npu_ops)), l.target, f"{l.cycles:,}",
+                 f"{100 * l.cycles / rep.cycles_total:.1f}%" if rep.cycles_total else "-", f"{l.macs:,}"]
+                for l in rep.top_layers(top)]
+        print(f"  top {len(rows)} layers by cycles:")
+        print("\n".join("    " + line for line in table(
+            ["layer", "op", "lowered to", "on", "cycles", "share", "MACs"], rows).splitlines()))
+    print(f"  files in {rep.output_dir}: " + ", ".join(rep.files.values()))
+
+
+def cmd_vela(args) -> int:
+    from ran_keras.export import vela
+    if args.list_targets:
+        return _list_targets(args)
+    if not args.model:
+        raise CliError("give a .tflite file (or a model to export) to compile, or --list-targets")
+    targets = _targets(args)
+    tflite = args.model
+    export_report = None
+    if not tflite.endswith(".tflite"):
+        out = Path(args.output_dir)
+        result = _export(args, args.model, int8=True, compare=False)
+        tflite = str(out / f"{result.report['model']}_int8.tflite")
+        from ran_keras import io
+        io.write_bytes(tflite, result.tflite)
+        export_report = result.report
+        _progress(f"exported {args.model} -> {tflite}")
+    reports = []
+    for tgt in targets:
+        reports.append(vela.run_vela(tflite, tgt, Path(args.output_dir) / tgt.name))
+    if args.json:
+        data = {"model": tflite, "export": export_report, "reports": [r.to_dict(top=args.top) for r in reports]}
+        emit_json(data, args.json)
+    else:
+        for rep in reports:
+            _print_vela(rep, args.top)
+    failing = [r for r in reports if r.cpu_ops]
+    if failing:
+        for r in failing:
+            print(f"ran vela: WARNING: {vela.cpu_ops_message(r)}", file=sys.stderr)
+        if args.fail_on_cpu_ops:
+            return 1
+    return 0
+
+
+# --- hwtable --------------------------------------------------------------------------------------
+
+def cmd_hwtable(args) -> int:
+    from ran_keras.activations import canonical
+    from ran_keras.export import hwtable
+    from ran_keras.export.errors import CpuOpsError
+    activation = args.activation
+    if activation != "default":
+        activation = canonical(activation, "--activation")
+    settings = hwtable.Settings(
+        models=tuple(args.models or hwtable.DEFAULT_MODELS), targets=tuple(args.targets or hwtable.DEFAULT_TARGETS),
+        activation=activation, input_size=args.input_size, classes=args.classes, seed=args.seed,
+        calibration=args.calibration, samples=args.samples, per_channel=not args.per_tensor,
+        compare=not args.no_compare, jobs=args.jobs, cache=not args.no_cache, fail_on_cpu_ops=False)
+    from ran_keras.export.calibration import parse_source
+    parse_source(settings.calibration)
+    doc = hwtable.run(settings, args.output_dir, progress=_progress)
+    if args.json:
+        emit_json(doc, args.json)
+    else:
+        print(hwtable.render_text(doc, markdown=args.markdown), end="")
+    cpu = [(m["label"], t, e["cpu_op_count"]) for m in doc["models"] for t, e in m["targets"].items()
+           if e["cpu_op_count"]]
+    if cpu and args.fail_on_cpu_ops:
+        print("ran hwtable: error: " + str(CpuOpsError(
+            "operators fall back to the CPU in: " + ", ".join(f"{m} on {t} ({n})" for m, t, n in cpu))),
+            file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- bench-cpu ------------------------------------------------------------------------------------
+
+def _bench_model(args, model: str) -> Any:
+    """A path or the bytes of an exported model."""
+    if model.endswith(".tflite"):
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"TFLite file {model!r} does not exist")
+        return model
+    result = _export(args, model, int8=not args.fp32, compare=False)
+    return result.tflite
+
+
+def _label(model: str, args) -> str:
+    return model if model.endswith(".tflite") else f"{model} ({'fp32' if args.fp32 else 'int8'})"
+
+
+def cmd_bench(args) -> int:
+    from ran_keras.export import bench
+    a = _bench_model(args, args.model)
+    if args.vs:
+        b = _bench_model(args, args.vs)
+        res = bench.ab_bench(a, b, threads=args.threads, runs=args.runs, warmup=args.warmup, seed=args.seed)
+        res.a.model, res.b.model = _label(args.model, args), _label(args.vs, args)
+        if args.json:
+            emit_json(res.to_dict(), args.json)
+            return 0
+        for r in (res.a, res.b):
+            print(f"{r.model}: median {r.median_ms:.3f} ms, {r.fps:.2f} FPS (p10 {r.percentile_ms(10):.3f} / p90 "
+                  f"{r.percentile_ms(90):.3f} ms; {r.input_dtype} input)")
+        print(f"A/B FPS ratio: {res.ratio:.3f} ({args.model} / {args.vs}; {args.runs} interleaved runs each, "
+              f"{args.threads} thread(s))")
+        return 0
+    res = bench.bench_tflite(a, threads=args.threads, runs=args.runs, warmup=args.warmup, seed=args.seed)
+    res.model = _label(args.model, args)
+    if args.json:
+        emit_json(dict(res.to_dict(), machine=bench.machine()), args.json)
+        return 0
+    print(f"{res.model}: median {res.median_ms:.3f} ms, {res.fps:.2f} FPS over {res.runs} runs after {res.warmup} "
+          f"warm-up (p10 {res.percentile_ms(10):.3f} / p90 {res.percentile_ms(90):.3f} ms, {args.threads} thread(s), "
+          f"{res.input_dtype} input)")
+    return 0
