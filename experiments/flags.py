@@ -1,0 +1,148 @@
+"""absl flags shared by ``experiments/train.py`` and ``experiments/search.py``.
+
+One flag per ``ran_keras.recipes.TrainConfig`` field, all defaulting to "not given", so a value
+comes from the flag if given, else from ``--recipe``, else from TrainConfig's default. Defined
+once here (absl flags are process-global), imported by both entry points; a name another entry
+point already defined in the same process (``--seed``, ``--classes``) is shared and counts only
+when given on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from absl import app, flags
+
+from ran_keras.recipes import FIELDS, RECIPES, TrainConfig, resolve_config
+
+FLAGS = flags.FLAGS
+
+GROUP_TITLES = {"model": "model", "data": "data and augmentation", "optim": "optimisation", "run": "run"}
+
+
+def _recipe_note(name: str) -> str:
+    values = [f"{r}: {RECIPES[r][name]}" for r in RECIPES if name in RECIPES[r]]
+    default = FIELDS[name].default
+    text = f"default {default}" if default is not None else ""
+    if values:
+        text = "; ".join(values) + ("; otherwise " + text if text else "")
+    return f" [{text}]" if text else ""
+
+
+def _define() -> None:
+    flags.DEFINE_string("recipe", None, f"named preset of the settings below: {', '.join(RECIPES)} or none "
+                                        "(train: ran_e; search: ran_e, or digits with --demo)")
+    flags.DEFINE_string("json", None, "also write the results as JSON to this file ('-' for stdout)")
+    for name, f in FIELDS.items():
+        if name in FLAGS:      # defined by another entry point in this process (e.g. --seed): shared
+            continue
+        help_text = f.metadata["help"] + _recipe_note(name)
+        kind = str(f.type)
+        choices = f.metadata.get("choices")
+        if choices:
+            flags.DEFINE_enum(name, None, list(choices), help_text)
+        elif "bool" in kind:
+            flags.DEFINE_boolean(name, None, help_text)
+        elif "int" in kind:
+            flags.DEFINE_integer(name, None, help_text)
+        elif "float" in kind:
+            flags.DEFINE_float(name, None, help_text)
+        else:
+            flags.DEFINE_string(name, None, help_text)
+
+
+if "batch_size" not in FLAGS:
+    _define()
+
+
+def config_from_flags(default_recipe: str = "ran_e", **forced: Any) -> TrainConfig:
+    """The TrainConfig the command line asks for (``forced`` values apply where no flag was given)."""
+    overrides: Dict[str, Any] = {}
+    for name in FIELDS:
+        flag = FLAGS[name]
+        value = flag.value if (flag.present or flag.default is None) else None
+        if value is None and name in forced:
+            value = forced[name]
+        overrides[name] = value
+    recipe = FLAGS.recipe if FLAGS.recipe is not None else default_recipe
+    return resolve_config(recipe, overrides)
+
+
+def check_model(cfg: TrainConfig):
+    """The spec --model names (ConfigError if --model is missing); cheap, no TensorFlow."""
+    from ran_keras.recipes import ConfigError
+    from ran_keras.registry import resolve_spec
+    if not cfg.model:
+        raise ConfigError("--model is required: a registered model name (see `ran list`) or a spec .json file")
+    return resolve_spec(cfg.model)
+
+
+def help_text(program: str, summary: str, extra: Sequence[str] = ()) -> str:
+    lines = [f"usage: {program} --model=MODEL --dataset=NAME --model_dir=DIR [--flag=value ...]", "", summary, "",
+             "  --recipe: " + FLAGS["recipe"].help, "  --json: " + FLAGS["json"].help]
+    lines += list(extra)
+    groups: Dict[str, List[str]] = {}
+    for name, f in FIELDS.items():
+        groups.setdefault(f.metadata["group"], []).append(f"  --{name}: {FLAGS[name].help}")
+    for group, entries in groups.items():
+        lines += ["", f"{GROUP_TITLES.get(group, group)}:"] + entries
+    lines += ["", "Booleans: --flag / --noflag. --helpfull lists every absl flag."]
+    return "\n".join(lines)
+
+
+def emit_json(data: Any) -> None:
+    dest = FLAGS.json
+    if not dest:
+        return
+    text = json.dumps(data, indent=1) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+    else:
+        from ran_keras import io
+        io.write_text(dest, text)
+        print(f"wrote {dest}", file=sys.stderr)
+
+
+def run_main(main: Callable[[List[str]], Optional[int]], argv: Sequence[str], program: str, summary: str,
+             extra_help: Sequence[str] = ()) -> int:
+    """Parse ``argv`` with absl and run ``main``; errors become one line and an exit status.
+
+    Exit status: 0 done, 2 bad input (a RanError: unknown model, bad flag value, missing data...),
+    3 stopped on a non-finite loss, 130 interrupted.
+    """
+    from ran_keras.errors import RanError
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(argv)
+    if any(a in ("-h", "--help", "--helpshort", "-?") for a in argv[1:]):
+        print(help_text(program, summary, extra_help))
+        return 0
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as err:
+        print(f"{program}: error: {err} (see {program} --help)", file=sys.stderr)
+        return 2
+    if len(rest) > 1:
+        print(f"{program}: error: unexpected arguments {rest[1:]}; flags are written --name=value", file=sys.stderr)
+        return 2
+    try:
+        return int(main(rest) or 0)
+    except RanError as err:
+        from ran_keras.training import NonFiniteLossError
+        print(f"{program}: error: {err}", file=sys.stderr)
+        return 3 if isinstance(err, NonFiniteLossError) else 2
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted (re-run with the same --model_dir to resume from the last checkpoint)",
+              file=sys.stderr)
+        return 130
+    except app.UsageError as err:
+        print(f"{program}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception:  # noqa: BLE001 - a bug: keep the traceback
+        traceback.print_exc()
+        return 1
+    finally:
+        FLAGS.unparse_flags()

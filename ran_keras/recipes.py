@@ -1,0 +1,255 @@
+"""Training configuration: every knob of a run, and the named recipes that preset them.
+
+A ``TrainConfig`` holds every value a training or search run uses. A recipe is a named preset of
+some of those values (the paper's ``ran_e``, ConvNeXt's ``convnext``, the offline ``digits``
+demo); anything given explicitly overrides the recipe. ``experiments/flags.py`` turns each field
+into an absl flag, so every recipe value can be overridden on the command line.
+
+Pure Python (no TensorFlow): configs are resolved, validated and inspected without Keras, and the
+learning-rate schedule is a plain function that the Keras schedule in ``ran_keras.training``
+mirrors (``lr_at``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ran_keras.errors import RanError, close_matches
+
+
+class ConfigError(RanError, ValueError):
+    """A training/search setting that is out of range or inconsistent (names the flag)."""
+
+
+def _f(default: Any, help: str, choices: Optional[Tuple[Any, ...]] = None, group: str = "train"):
+    return field(default=default, metadata={"help": help, "choices": choices, "group": group})
+
+
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+DTYPES = ("float32", "bfloat16", "float16")
+OPTIMIZERS = ("rmsprop", "adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+AUGMENTS = ("none", "autoaugment", "randaugment")
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run. ``None`` means "the recipe's, or the dataset's/model's default"."""
+
+    # --- model -------------------------------------------------------------------------------
+    model: Optional[str] = _f(None, "registered model name (`ran list`) or a spec .json path", group="model")
+    activation: Optional[str] = _f(None, "replace every non-linearity (not the AFRB PReLUs), e.g. relu6",
+                                   group="model")
+    width: float = _f(1.0, "width multiplier on block channels (ran_keras.spec.scale_width, 'round')",
+                      group="model")
+    image_size: Optional[int] = _f(None, "square input size; default: the spec's input_size (digits: 32)",
+                                   group="model")
+    classes: Optional[int] = _f(None, "classifier size; default: the dataset's number of classes", group="model")
+    drop_path_rate: Optional[float] = _f(None, "stochastic depth: linear 0 -> rate over the blocks that have "
+                                               "a drop_path field; default: keep the spec's values", group="model")
+    seed: int = _f(0, "seed for initialisation, shuffling and augmentation", group="model")
+
+    # --- data --------------------------------------------------------------------------------
+    dataset: Optional[str] = _f(None, "'digits' (scikit-learn, offline) or a TFDS name such as imagenet2012",
+                                group="data")
+    data_dir: Optional[str] = _f(None, "TFDS data_dir holding prepared datasets", group="data")
+    manual_dir: Optional[str] = _f(None, "TFDS manual_dir with the raw files (imagenet2012: "
+                                         "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar); the "
+                                         "dataset is prepared from it if it is not prepared yet", group="data")
+    download: bool = _f(False, "let TFDS download a dataset that is not prepared (off: nothing is downloaded)",
+                        group="data")
+    image_folder: Optional[str] = _f(None, "class-per-folder images: DIR/<class>/*.jpg, or DIR/train and "
+                                           "DIR/val(idation) each laid out so", group="data")
+    train_split: str = _f("train", "training split", group="data")
+    eval_split: Optional[str] = _f(None, "held-out split; default validation, else test", group="data")
+    validation_fraction: float = _f(0.2, "held-out fraction where a dataset has no held-out split "
+                                         "(digits, a flat image folder)", group="data")
+    shuffle_buffer: int = _f(10000, "examples in the shuffle buffer", group="data")
+    crop_min_scale: float = _f(0.08, "random-resized-crop: smallest crop area fraction (1 = no crop)",
+                               group="data")
+    eval_crop_fraction: float = _f(0.875, "centre crop of the short side before resizing for evaluation",
+                                   group="data")
+    random_flip: Optional[bool] = _f(None, "random horizontal flips; default on, off for digits", group="data")
+    augment: str = _f("none", "policy augmentation on the training images", AUGMENTS, group="data")
+    randaugment_layers: int = _f(2, "RandAugment: ops per image (N)", group="data")
+    randaugment_magnitude: float = _f(9.0, "RandAugment: magnitude (M, 0-10)", group="data")
+    randaugment_magnitude_std: float = _f(0.5, "RandAugment: std of the per-op magnitude noise", group="data")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy", group="data")
+    mixup: float = _f(0.0, "mixup Beta(a, a) parameter; 0 disables", group="data")
+    cutmix: float = _f(0.0, "CutMix Beta(a, a) parameter; 0 disables", group="data")
+    mix_switch_prob: float = _f(0.5, "with both mixup and CutMix on: probability of CutMix for a batch",
+                                group="data")
+
+    # --- optimisation ------------------------------------------------------------------------
+    optimizer: str = _f("rmsprop", "optimizer", OPTIMIZERS, group="optim")
+    learning_rate: float = _f(0.01, "peak learning rate for a global batch of lr_reference_batch", group="optim")
+    lr_reference_batch: int = _f(256, "batch size learning_rate is quoted for; the peak rate scales "
+                                      "linearly with the global batch", group="optim")
+    lr_scaling: bool = _f(True, "scale the learning rate linearly with the global batch", group="optim")
+    schedule: str = _f("cosine", "learning-rate schedule after warm-up", SCHEDULES, group="optim")
+    warmup_epochs: float = _f(0.0, "linear warm-up from 0 to the peak rate (epochs)", group="optim")
+    min_learning_rate: float = _f(0.0, "cosine floor", group="optim")
+    epochs: int = _f(1, "training epochs", group="optim")
+    batch_size: int = _f(32, "GLOBAL batch size (split evenly over the replicas)", group="optim")
+    momentum: float = _f(0.9, "momentum (RMSprop, SGD)", group="optim")
+    rho: float = _f(0.9, "RMSprop decay of the squared-gradient average", group="optim")
+    epsilon: float = _f(1e-3, "optimizer epsilon (RMSprop: inside the square root, as in TF1's RMSProp)",
+                        group="optim")
+    beta_1: float = _f(0.9, "Adam/AdamW beta_1", group="optim")
+    beta_2: float = _f(0.999, "Adam/AdamW beta_2", group="optim")
+    weight_decay: float = _f(0.0, "weight decay on conv/dense kernels (never BN, biases or AFRB alphas)",
+                             group="optim")
+    weight_decay_mode: str = _f("l2", "'l2': wd/2 * sum(w^2) added to the loss (TF reference style); "
+                                      "'decoupled': AdamW-style w -= lr * wd * w", WEIGHT_DECAY_MODES,
+                                group="optim")
+    clip_grad_norm: Optional[float] = _f(None, "clip the global gradient norm", group="optim")
+    ema: bool = _f(False, "keep an exponential moving average of the weights; the final model uses it",
+                   group="optim")
+    ema_decay: float = _f(0.9999, "EMA decay per step", group="optim")
+
+    # --- run ---------------------------------------------------------------------------------
+    model_dir: Optional[str] = _f(None, "output folder; re-running with the same folder resumes", group="run")
+    strategy: str = _f("default", "tf.distribute strategy", STRATEGIES, group="run")
+    tpu: Optional[str] = _f(None, "TPU name or grpc:// address (with --strategy=tpu)", group="run")
+    num_cpu_devices: Optional[int] = _f(None, "split the CPU into N logical devices (try mirrored training "
+                                              "without GPUs); must be set before TensorFlow starts", group="run")
+    dtype: str = _f("float32", "compute dtype; bfloat16/float16 use Keras mixed precision", DTYPES, group="run")
+    xla: bool = _f(False, "compile the training step with XLA (jit_compile)", group="run")
+    deterministic: bool = _f(False, "deterministic TensorFlow kernels (tf.config.experimental.enable_op_determinism;"
+                                    " slower): the same run twice gives the same weights", group="run")
+    steps_per_epoch: Optional[int] = _f(None, "default: training examples // global batch", group="run")
+    eval_steps: Optional[int] = _f(None, "default: the whole held-out split", group="run")
+    eval_every: int = _f(1, "evaluate every N epochs (and after the last)", group="run")
+    checkpoint_every: Optional[int] = _f(None, "save a checkpoint every N steps (default: every epoch)",
+                                         group="run")
+    keep_checkpoints: int = _f(3, "checkpoints kept", group="run")
+    log_every: int = _f(50, "print and write TensorBoard scalars every N steps", group="run")
+
+    # --- derived helpers -----------------------------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def peak_learning_rate(self) -> float:
+        """learning_rate * batch_size / lr_reference_batch (or as given without scaling)."""
+        if not self.lr_scaling:
+            return self.learning_rate
+        return self.learning_rate * self.batch_size / self.lr_reference_batch
+
+
+FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+#: The named presets. Values not listed keep TrainConfig's defaults.
+RECIPES: Dict[str, Dict[str, Any]] = {
+    # Paper Appendix B (RAN-e on ImageNet): RMSprop lr 0.005 at batch 768, decay 0.9, momentum 0.9,
+    # epsilon 0.001, cosine after 5 warm-up epochs, weight decay 5e-6, label smoothing 0.1,
+    # AutoAugment, no mixup; 350 epochs (Table 2; Table 1 uses 100).
+    "ran_e": dict(optimizer="rmsprop", learning_rate=0.005, lr_reference_batch=768, batch_size=768,
+                  rho=0.9, momentum=0.9, epsilon=0.001, schedule="cosine", warmup_epochs=5,
+                  weight_decay=5e-6, weight_decay_mode="l2", label_smoothing=0.1, augment="autoaugment",
+                  mixup=0.0, cutmix=0.0, epochs=350, crop_min_scale=0.08, ema=False),
+    # ConvNeXt (Liu et al. 2022) ImageNet-1k recipe, used for RAN-i (paper Appendix C): AdamW lr 4e-3
+    # at batch 4096, weight decay 0.05, 300 epochs with 20 warm-up, EMA, RandAugment m9 n2,
+    # mixup 0.8 / CutMix 1.0, label smoothing 0.1. Drop path comes per model from the spec.
+    "convnext": dict(optimizer="adamw", learning_rate=4e-3, lr_reference_batch=4096, batch_size=4096,
+                     beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.05,
+                     weight_decay_mode="decoupled", schedule="cosine", warmup_epochs=20, epochs=300,
+                     ema=True, ema_decay=0.9999, augment="randaugment", randaugment_layers=2,
+                     randaugment_magnitude=9.0, randaugment_magnitude_std=0.5, mixup=0.8, cutmix=1.0,
+                     mix_switch_prob=0.5, label_smoothing=0.1, crop_min_scale=0.08),
+    # The offline demo: scikit-learn digits (8x8, upsampled) at 32x32 on a CPU in minutes.
+    "digits": dict(dataset="digits", image_size=32, optimizer="adam", learning_rate=3e-3,
+                   lr_reference_batch=32, batch_size=32, epsilon=1e-7, schedule="cosine", warmup_epochs=1,
+                   weight_decay=0.0, label_smoothing=0.0, augment="none", crop_min_scale=0.85,
+                   mixup=0.0, cutmix=0.0, epochs=20, log_every=100),
+}
+
+
+def check_recipe(name: Optional[str]) -> str:
+    if name is None or name == "none":
+        return "none"
+    if name not in RECIPES:
+        raise ConfigError(f"--recipe: unknown recipe {name!r}{close_matches(name, RECIPES)}; accepted: "
+                          f"{', '.join(RECIPES)}, none")
+    return name
+
+
+def resolve_config(recipe: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> TrainConfig:
+    """TrainConfig defaults, then the recipe's values, then ``overrides`` (None = not given)."""
+    values: Dict[str, Any] = {}
+    name = check_recipe(recipe)
+    if name != "none":
+        values.update(RECIPES[name])
+    for key, value in (overrides or {}).items():
+        if key not in FIELDS:
+            raise ConfigError(f"unknown setting {key!r}{close_matches(key, FIELDS)}")
+        if value is not None:
+            values[key] = value
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the flag for any value out of range."""
+    for name, f in FIELDS.items():
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, name)
+        if choices and value not in choices:
+            raise ConfigError(f"--{name}: must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+    def need(name: str, ok, what: str):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not ok(value)):
+            raise ConfigError(f"--{name}: must be {what}, got {value!r}")
+
+    positive_ints = ("epochs", "batch_size", "lr_reference_batch", "shuffle_buffer", "eval_every",
+                     "keep_checkpoints", "log_every", "image_size", "classes", "steps_per_epoch", "eval_steps",
+                     "checkpoint_every", "num_cpu_devices", "randaugment_layers")
+    for name in positive_ints:
+        need(name, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+    for name in ("learning_rate", "width", "epsilon", "ema_decay", "clip_grad_norm"):
+        need(name, lambda v: isinstance(v, (int, float)) and v > 0 and math.isfinite(v), "a positive number")
+    for name in ("weight_decay", "warmup_epochs", "min_learning_rate", "label_smoothing", "mixup", "cutmix",
+                 "momentum", "randaugment_magnitude_std"):
+        need(name, lambda v: isinstance(v, (int, float)) and v >= 0 and math.isfinite(v), "a number >= 0")
+    for name in ("rho", "beta_1", "beta_2", "momentum", "label_smoothing", "ema_decay"):
+        need(name, lambda v: 0 <= v < 1, "in [0, 1)")
+    for name in ("crop_min_scale", "eval_crop_fraction", "mix_switch_prob"):
+        need(name, lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]")
+    need("validation_fraction", lambda v: 0 < v < 1, "in (0, 1)")
+    need("randaugment_magnitude", lambda v: 0 <= v <= 10, "in [0, 10]")
+    need("drop_path_rate", lambda v: 0 <= v < 1, "in [0, 1)")
+    need("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    if cfg.strategy == "tpu" and not cfg.tpu:
+        raise ConfigError("--strategy=tpu needs --tpu (a TPU name or grpc:// address; 'local' for a TPU VM)")
+    if cfg.dataset and cfg.image_folder:
+        raise ConfigError("give either --dataset or --image_folder, not both")
+
+
+# --- learning-rate schedule (pure math; ran_keras.training.WarmupSchedule is the Keras form) --------
+
+def lr_at(step: float, *, peak: float, warmup_steps: int, total_steps: int, schedule: str = "cosine",
+          minimum: float = 0.0) -> float:
+    """Learning rate after ``step`` updates: linear warm-up to ``peak``, then cosine to ``minimum``.
+
+    Step 0 of a warm-up uses peak / warmup_steps (never 0), so the first update moves the weights.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
+    return minimum + (peak - minimum) * 0.5 * (1.0 + math.cos(math.pi * progress))

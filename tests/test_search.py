@@ -1,0 +1,201 @@
+"""The PReLU search: the lambda * sum(alpha - 1)^2 term, the decision rule, the derived spec, the run."""
+
+import csv
+import json
+
+import pytest
+
+from ran_keras import search
+from ran_keras.recipes import resolve_config
+from ran_keras.spec import BlockSpec, NetworkSpec, afrb_sites
+
+
+def afrb_spec(name="tiny_super"):
+    return NetworkSpec(name=name, activation="relu", input_size=16, bn_momentum=0.9, family="ran_e",
+                       stem=(BlockSpec("conv", channels=8, kernel=3, stride=2, norm=None, activation="linear"),),
+                       stages=((BlockSpec("afrb1", channels=8, expansion=2),
+                                BlockSpec("afrb2", channels=8, expansion=2)),
+                               (BlockSpec("afrb1", channels=16, expansion=4, stride=2, kernel=5),
+                                BlockSpec("afrb3", channels=16, expansion=2))),
+                       head=(BlockSpec("conv", channels=24, kernel=1),))
+
+
+def search_cfg(model_dir, **kw):
+    values = dict(model_dir=str(model_dir), image_size=16, batch_size=8, steps_per_epoch=2, epochs=2, eval_steps=1,
+                  log_every=100, warmup_epochs=0)
+    values.update(kw)
+    return resolve_config("digits", values)
+
+
+def test_penalty_equals_lambda_sum_squares_on_known_alphas():
+    from ran_keras.backend import tf
+    from ran_keras.registry import create_model
+    spec = afrb_spec()
+    model = create_model(spec, (16, 16, 3), classes=10)
+    variables = search.alpha_variables(model, spec)
+    assert [v.name.split("/")[0] for v in variables] == search.alpha_layer_names(spec) == [
+        "tiny_super_stage1_block1_alpha", "tiny_super_stage1_block2_alpha", "tiny_super_stage2_block1_alpha",
+        "tiny_super_stage2_block2_alpha"]
+    values = [0.25, 1.0, 1.5, -0.5]
+    for v, a in zip(variables, values):
+        v.assign(a)
+    with tf.GradientTape() as tape:
+        penalty = search.alpha_penalty(variables, 0.3)
+    expected = 0.3 * (0.75 ** 2 + 0 + 0.5 ** 2 + 1.5 ** 2)
+    assert float(penalty) == pytest.approx(expected, rel=1e-6)
+    assert search.alpha_penalty_value(values, 0.3) == pytest.approx(expected)
+    grads = tape.gradient(penalty, variables)
+    assert [float(g) for g in grads] == pytest.approx([2 * 0.3 * (a - 1) for a in values], rel=1e-6)
+
+
+def test_decision_rule_band_is_inclusive():
+    alphas = [0.79, 0.8, 1.0, 1.3, 1.31, -0.2]
+    assert search.decide(alphas) == [False, True, True, True, False, False]
+    assert search.decide(alphas, (0.9, 1.1)) == [False, False, True, False, False, False]
+    with pytest.raises(search.SearchError, match="low < high"):
+        search.decide(alphas, (1.3, 0.8))
+
+
+def test_derived_spec_for_hand_set_alphas_is_exactly_the_expected_one():
+    spec = afrb_spec()
+    derived = search.derive_spec(spec, [0.95, 0.2, 1.35, 1.29], name="picked", input_size=32)
+    expected = NetworkSpec(
+        name="picked", activation="hard_swish", input_size=32, bn_momentum=0.9, family="ran_e",
+        description=derived.description,
+        stem=(BlockSpec("conv", channels=8, kernel=3, stride=2, norm=None, activation="linear"),),
+        stages=((BlockSpec("collapsed", channels=8, kernel=3, stride=1, expansion=2),
+                 BlockSpec("ibn", channels=8, kernel=3, stride=1, expansion=2)),
+                (BlockSpec("ibn", channels=16, kernel=5, stride=2, expansion=4),
+                 BlockSpec("collapsed", channels=16, kernel=3, stride=1, expansion=2, mid_channels=8))),
+        head=(BlockSpec("conv", channels=24, kernel=1),))
+    assert derived == expected
+    assert "2 of 4 AFRBs collapsed" in derived.description
+    assert not afrb_sites(derived)
+    with pytest.raises(search.SearchError, match="has 4 AFRBs, got 3 alphas"):
+        search.derive_spec(spec, [1, 1, 1])
+
+
+def test_spec_without_afrbs_is_refused(tmp_path, capsys):
+    from ran_keras.cli import main
+    with pytest.raises(search.SearchError, match="resnet18 has no AFRB blocks"):
+        search.run_search(search_cfg(tmp_path, model="resnet18"), lam=0.1)
+    assert main(["search", "--model=ran_e_c", "--dataset=digits", f"--model_dir={tmp_path}"]) == 2
+    assert "ran_e_c has no AFRB blocks" in capsys.readouterr().err
+    assert main(["search", "--model=ran_e_supernet", "--band=1.3,0.8", f"--model_dir={tmp_path}"]) == 2
+    assert "low < high" in capsys.readouterr().err
+    with pytest.raises(search.SearchError, match="--lambda must be a number >= 0"):
+        search.run_search(search_cfg(tmp_path), afrb_spec(), lam=float("nan"))
+
+
+def test_demo_supernet_is_the_table5_layout():
+    from ran_keras import get_spec
+    demo, full = search.demo_supernet_spec(), get_spec("ran_e_supernet")
+    assert [s.block.kind for s in afrb_sites(demo)] == [s.block.kind for s in afrb_sites(full)]
+    assert len(afrb_sites(demo)) == 16 and demo.input_size == 32 and demo.total_stride == 16
+
+
+def test_search_run_logs_alphas_and_writes_a_usable_spec(tmp_path, capsys):
+    from ran_keras.backend import tf
+    from ran_keras.cli import main
+    from ran_keras.registry import create_model
+    lines = []
+    res = search.run_search(search_cfg(tmp_path), afrb_spec(), lam=0.5, band=(0.45, 1.3), log=lines.append,
+                            fold=True)
+    assert res.steps == 4 and len(res.alphas) == 4
+    # one row per step (and the initial alphas), one column per AFRB; the last row is what was decided on
+    with open(tmp_path / "alphas.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["step", "epoch"] + [s.prefix for s in afrb_sites(afrb_spec())]
+    assert [int(r[0]) for r in rows[1:]] == [0, 1, 2, 3, 4]
+    assert [float(x) for x in rows[1][2:]] == [0.5] * 4
+    assert [float(x) for x in rows[-1][2:]] == pytest.approx(res.alphas, abs=1e-6)
+    assert all(a > 0.5 for a in res.alphas)                  # the penalty pulled every alpha towards 1
+    assert (tmp_path / "alphas.png").stat().st_size > 1000
+    tags = set()
+    for event_file in (tmp_path / "tensorboard" / "train").glob("events.out.tfevents.*"):
+        for raw in tf.data.TFRecordDataset(str(event_file)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            tags.update(v.tag for v in event.summary.value)
+    assert {"alpha/stage1_block1", "alpha/stage2_block2", "alpha_penalty", "ce"} <= tags
+    report = "\n".join(lines)
+    assert "collapsed" in report and f"collapsed {res.collapsed} of 4 AFRBs" in report
+    assert res.collapse == search.decide(res.alphas, (0.45, 1.3))
+    # the rewriter folded the trained SuperNet's in-band AFRBs; that model was evaluated on the held-out split
+    assert (tmp_path / "folded.keras").is_file() and 0 <= res.folded_accuracy <= 1 and res.folded_macs > 0
+    # the derived spec JSON goes straight into the profiler, the builder and `ran profile`
+    derived = NetworkSpec.load(tmp_path / "derived_spec.json")
+    assert derived == res.derived and derived.input_size == 16
+    create_model(str(tmp_path / "derived_spec.json"), classes=10)
+    assert main(["profile", str(tmp_path / "derived_spec.json"), "--classes=10", "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    prof = prof[0] if isinstance(prof, list) else prof
+    assert prof["macs"] == res.macs
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert saved["collapsed"] == res.collapsed and saved["derived_path"] == str(tmp_path / "derived_spec.json")
+    assert [b["alpha"] for b in saved["blocks"]] == pytest.approx(res.alphas)
+
+
+def test_logged_penalty_matches_alphas(tmp_path):
+    captured = []
+
+    class Capture:
+        def on_train_begin(self, trainer):
+            self.read = search.alpha_variables(trainer.model, afrb_spec())
+
+        def on_step_end(self, trainer, step, logs):
+            captured.append((logs["alpha_penalty"], [float(v.numpy()) for v in self.read]))
+
+        def on_epoch_end(self, *a): ...
+
+        def on_train_end(self, *a): ...
+
+    from ran_keras import training
+    lam = 0.25
+    spec = afrb_spec()
+    probe = Capture()
+    trainer = training.Trainer(search_cfg(tmp_path, epochs=1), spec, callbacks=[probe],
+                               extra_losses={"alpha_penalty": lambda m: search.alpha_penalty(
+                                   search.alpha_variables(m, spec), lam)})
+    trainer.run()
+    # step 1's penalty is computed on the initial alphas (all 0.5)
+    assert captured[0][0] == pytest.approx(lam * 4 * 0.25, rel=1e-6)
+    assert captured[1][0] == pytest.approx(search.alpha_penalty_value(captured[0][1], lam), rel=1e-5)
+
+
+def test_nan_during_search_stops_cleanly(tmp_path):
+    from ran_keras.training import NonFiniteLossError
+
+    class PoisonAlpha:
+        def on_train_begin(self, trainer): ...
+
+        def on_step_end(self, trainer, step, logs):
+            if step == 2:
+                search.alpha_variables(trainer.model, afrb_spec())[0].assign(float("nan"))
+
+        def on_epoch_end(self, *a): ...
+
+        def on_train_end(self, *a): ...
+
+    from ran_keras import training
+    cfg = search_cfg(tmp_path, checkpoint_every=1)
+    logger = search.AlphaLogger(afrb_spec(), tmp_path, search.DEFAULT_BAND)
+    with pytest.raises(NonFiniteLossError, match="at step 3.*ckpt-2"):
+        training.train(cfg, afrb_spec(), callbacks=[PoisonAlpha(), logger],
+                       extra_losses={"alpha_penalty": lambda m: search.alpha_penalty(
+                           search.alpha_variables(m, afrb_spec()), 0.1)})
+    rows = search.read_alpha_csv(tmp_path / "alphas.csv", 4)
+    assert [r[0] for r in rows] == [0, 1, 2]                     # flushed and closed on the way out
+    assert not (tmp_path / "derived_spec.json").exists()
+
+
+def test_lambda_sweep_writes_a_summary(tmp_path):
+    results = search.run_sweep(search_cfg(tmp_path, epochs=1), afrb_spec(), lambdas=[0.0, 1.0], log=lambda _: None)
+    assert [r.lam for r in results] == [0.0, 1.0]
+    assert [r.model_dir for r in results] == [str(tmp_path / "lambda_0"), str(tmp_path / "lambda_1")]
+    table = (tmp_path / "sweep.md").read_text().splitlines()
+    assert table[0].startswith("| lambda | collapsed |") and len(table) == 4
+    assert [row["lambda"] for row in json.loads((tmp_path / "sweep.json").read_text())] == [0.0, 1.0]
+    assert (tmp_path / "alphas_sweep.png").stat().st_size > 1000
+    # same seed and batches: lambda = 1 pulls every alpha at least as far towards 1 as lambda = 0 does
+    assert all(a1 >= a0 - 1e-6 for a0, a1 in zip(results[0].alphas, results[1].alphas))
+    assert sum(results[1].alphas) > sum(results[0].alphas)
