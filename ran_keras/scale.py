@@ -1,0 +1,577 @@
+"""RAN-i's training-free scaling (paper Sec. 3.3): pick the width/depth multipliers with the most
+NN-Mass inside a MACs/params budget.
+
+For a base ConvNeXt-family spec, candidates ``(wm, dm)`` have widths ``round(w * wm)`` and depths
+``round(d * dm)`` (``scale_width`` / ``scale_depth`` with 'round'). Their params, MACs, NN-Mass
+and non-linear units are computed analytically for all candidates at once with numpy, from the
+same per-layer cost functions the profiler uses (``ran_keras.profile``) and the NN-Mass block
+formula (``ran_keras.nnmass``); tests check them against ``profile_spec``/``nn_mass`` of the
+materialised specs and against built Keras models.
+
+A candidate is inside a budget when each given target (MACs, params) is within ``tolerance`` of
+it (a band, as the paper's chosen models sit around their budgets). Inside each budget the
+candidates are ranked by NN-Mass. Both costs grow like ``dm * wm^2`` while NN-Mass grows like
+``dm * wm``, so at a fixed budget NN-Mass favours deep, narrow networks: the unconstrained winner
+sits at the top of the depth range. Corollary 1 says NN-Mass stops mattering when width gets too
+low; ``min_width`` (channels of the narrowest stage) is that constraint.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io as _io
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ran_keras import io
+from ran_keras.errors import RanError
+from ran_keras.models.convnext import scale_convnext
+from ran_keras.nnmass import convnext_block_mass, convnext_block_units
+from ran_keras.profile import (conv_macs, conv_params, dense_params, depthwise_macs, depthwise_params,
+                               profile_spec, same_size)
+from ran_keras.report import fmt_count
+from ran_keras.spec import NetworkSpec, stage_depths
+
+#: the paper's search space and budgets (Sec. 3.4)
+PAPER_WM = (0.25, 1.6)
+PAPER_DM = (0.6, 2.56)
+PAPER_BUDGETS = (("H1", 3.3e9, 21e6), ("H2", 4.5e9, 28e6), ("H3", 8.5e9, 50e6))
+
+_UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+_COUNT_RE = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)")
+
+
+class ScaleError(RanError, ValueError):
+    """A bad sweep setting (budget, range, base model); the message names it and what is accepted."""
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+def parse_count(text: str, what: str = "budget") -> float:
+    """'3.3e9', '3.3B', '3.3G', '21M', '4500M' -> a positive number."""
+    raw = str(text).strip()
+    m = _COUNT_RE.fullmatch(raw)
+    if not m:
+        raise ScaleError(f"{what}: cannot read {raw!r} as a count; write a number with an optional K, M, B "
+                         f"or G suffix, e.g. 3.3e9, 3.3B or 21M")
+    unit = m.group(2).upper()
+    if unit not in _UNITS:
+        raise ScaleError(f"{what}: unknown unit {m.group(2)!r} in {raw!r}; accepted: K, M, B (= G), T, or none")
+    value = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(value) or value <= 0:
+        raise ScaleError(f"{what}: a budget must be a positive count, got {raw!r}")
+    return value
+
+
+def parse_counts(text: str, what: str = "budget") -> List[float]:
+    """A comma-separated list of counts (one per budget)."""
+    parts = [p for p in str(text).split(",")]
+    if not any(p.strip() for p in parts):
+        raise ScaleError(f"{what}: empty; give one count per budget, e.g. 3.3e9 or 3.3B,4.5B,8.5B")
+    return [parse_count(p, what) for p in parts]
+
+
+def parse_tolerance(text: str, what: str = "--tolerance") -> float:
+    """'2%' or '0.02' -> 0.02 (a fraction in (0, 1))."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ScaleError(f"{what}: cannot read {raw!r}; write a percentage like 2% or a fraction like 0.02") from None
+    if not 0 < value < 1:
+        raise ScaleError(f"{what}: must be a fraction in (0, 1) or a percentage in (0%, 100%), got {raw!r}"
+                         + ("; did you mean %s%%?" % raw if not raw.endswith("%") and 1 <= value < 100 else ""))
+    return value
+
+
+def parse_range(text: str, what: str) -> Tuple[float, float]:
+    """'LO:HI' -> (lo, hi) with 0 < lo <= hi."""
+    raw = str(text).strip()
+    parts = raw.split(":")
+    if len(parts) != 2:
+        raise ScaleError(f"{what}: must be LO:HI, e.g. 0.25:1.6, got {raw!r}")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ScaleError(f"{what}: must be LO:HI with two numbers, e.g. 0.25:1.6, got {raw!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0:
+        raise ScaleError(f"{what}: multipliers must be positive, got {raw!r}")
+    if lo > hi:
+        raise ScaleError(f"{what}: empty range {raw!r}; LO must not exceed HI")
+    return lo, hi
+
+
+def parse_widths(text: str, what: str = "--min-width") -> List[int]:
+    """'64' or '64,76,87' (one per budget) -> channel counts."""
+    raw = str(text).strip()
+    try:
+        values = [int(p) for p in raw.split(",")]
+    except ValueError:
+        raise ScaleError(f"{what}: must be a channel count or one per budget (e.g. 64 or 64,76,87), "
+                         f"got {raw!r}") from None
+    if not all(v >= 1 for v in values):
+        raise ScaleError(f"{what}: channel counts must be positive, got {raw!r}")
+    return values
+
+
+def parse_grid(text: str, what: str = "--grid") -> Tuple[float, float]:
+    """'STEP' or 'WSTEP,DSTEP' -> (width step, depth step)."""
+    raw = str(text).strip()
+    parts = raw.split(",")
+    try:
+        steps = [float(p) for p in parts]
+    except ValueError:
+        raise ScaleError(f"{what}: must be STEP or WSTEP,DSTEP, e.g. 0.01, got {raw!r}") from None
+    if len(steps) not in (1, 2) or not all(math.isfinite(s) and s > 0 for s in steps):
+        raise ScaleError(f"{what}: must be one or two positive steps (STEP or WSTEP,DSTEP), got {raw!r}")
+    return (steps[0], steps[-1])
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    """A hardware budget: MACs and/or params targets, each met within ``tolerance`` (relative),
+    optionally with every stage at least ``min_width`` channels wide (Corollary 1)."""
+    name: str
+    macs: Optional[float]
+    params: Optional[float]
+    tolerance: float = 0.02
+    min_width: Optional[int] = None
+
+    def __post_init__(self):
+        if self.macs is None and self.params is None:
+            raise ScaleError(f"budget {self.name}: give a MACs or a params target (or both)")
+        for what, value in (("MACs", self.macs), ("params", self.params)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ScaleError(f"budget {self.name}: {what} must be positive, got {value!r}")
+        if not 0 < self.tolerance < 1:
+            raise ScaleError(f"budget {self.name}: tolerance must be in (0, 1), got {self.tolerance!r}")
+        if self.min_width is not None and (isinstance(self.min_width, bool) or not isinstance(self.min_width, int)
+                                           or self.min_width < 1):
+            raise ScaleError(f"budget {self.name}: min_width must be a positive number of channels, "
+                             f"got {self.min_width!r}")
+
+    def contains(self, macs, params) -> np.ndarray:
+        """Which (MACs, params) pairs are within the targets (the width constraint aside)."""
+        ok = np.ones(np.shape(macs), dtype=bool)
+        if self.macs is not None:
+            ok &= np.abs(np.asarray(macs, dtype=float) - self.macs) <= self.tolerance * self.macs
+        if self.params is not None:
+            ok &= np.abs(np.asarray(params, dtype=float) - self.params) <= self.tolerance * self.params
+        return ok
+
+    def admits(self, cand: "Candidates") -> np.ndarray:
+        """Which candidates are inside the budget, width constraint included."""
+        ok = self.contains(cand.macs, cand.params)
+        if self.min_width is not None:
+            ok &= cand.widths.min(axis=1) >= self.min_width
+        return ok
+
+    def describe(self) -> str:
+        pct = f"±{100 * self.tolerance:g}%"
+        parts = [f"MACs {fmt_count(self.macs)} {pct}" if self.macs else "",
+                 f"params {fmt_count(self.params)} {pct}" if self.params else "",
+                 f"narrowest stage >= {self.min_width}" if self.min_width else ""]
+        return ", ".join(p for p in parts if p)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "macs": self.macs, "params": self.params, "tolerance": self.tolerance,
+                "min_width": self.min_width}
+
+
+def _per_budget(values: Optional[Sequence[Any]], n: int, what: str) -> List[Any]:
+    values = list(values or [])
+    if values and len(values) not in (1, n):
+        raise ScaleError(f"{what} has {len(values)} values for {n} budgets; give one value per budget, or a "
+                         f"single value for all")
+    return (values * n if len(values) == 1 else values) or [None] * n
+
+
+def make_budgets(macs: Optional[Sequence[float]], params: Optional[Sequence[float]], tolerance: float = 0.02,
+                 names: Optional[Sequence[str]] = None, min_width=None) -> List[Budget]:
+    """Pair MACs and params targets into budgets H1, H2, ... (a single value pairs with every other).
+
+    ``min_width``: None, one channel count for every budget, or one per budget.
+    """
+    if not macs and not params:
+        raise ScaleError("give at least one budget: --macs and/or --params (e.g. --macs 3.3e9 --params 21e6)")
+    n = max(len(macs or []), len(params or []))
+    macs, params = _per_budget(macs, n, "--macs"), _per_budget(params, n, "--params")
+    widths = _per_budget([min_width] if isinstance(min_width, int) else min_width, n, "--min-width")
+    names = list(names) if names else [f"H{i + 1}" for i in range(n)]
+    return [Budget(nm, m, p, tolerance, w) for nm, m, p, w in zip(names, macs, params, widths)]
+
+
+def paper_budgets(tolerance: float = 0.02, min_width=None) -> List[Budget]:
+    """H1/H2/H3 of Sec. 3.4: (3.3B MACs, 21M params), (4.5B, 28M), (8.5B, 50M)."""
+    names, macs, params = zip(*PAPER_BUDGETS)
+    return make_budgets(macs, params, tolerance, names, min_width)
+
+
+def with_min_width(budgets: Sequence[Budget], min_width) -> List[Budget]:
+    """The budgets with a width floor: one channel count for all, or one per budget."""
+    widths = _per_budget([min_width] if isinstance(min_width, int) else min_width, len(budgets), "--min-width")
+    return [dataclasses.replace(b, min_width=w) for b, w in zip(budgets, widths)]
+
+
+# --- the ConvNeXt family, analytically ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class StageShape:
+    down_kernel: Optional[int]   # the convnext_down block in front of the stage (None: none)
+    down_stride: int
+    width: int                   # base channels
+    depth: int                   # base number of convnext blocks
+    kernel: int
+    expansion: float
+    layer_scale: bool
+    nonlinear: bool              # the block's activation is not 'linear'
+
+
+@dataclass(frozen=True)
+class ConvNeXtFamily:
+    """What the analytic costs need from a ConvNeXt-family base spec."""
+    base: NetworkSpec
+    stem_width: int
+    stem_kernel: int
+    stem_stride: int
+    stem_bias: bool
+    stem_norm: Optional[str]
+    stem_nonlinear: bool
+    stages: Tuple[StageShape, ...]
+    classifier_norm: bool
+
+    @classmethod
+    def from_spec(cls, spec: NetworkSpec) -> "ConvNeXtFamily":
+        def refuse(path: str, why: str):
+            raise ScaleError(f"--base {spec.name}: {path}: {why}; the analytic sweep scales ConvNeXt-family "
+                             f"specs (a 'conv' stem, stages of an optional 'convnext_down' and 'convnext' blocks, "
+                             f"no head blocks), e.g. convnext_tiny")
+
+        if len(spec.stem) != 1 or spec.stem[0].kind != "conv":
+            refuse("stem", "must be exactly one 'conv' block")
+        if spec.head:
+            refuse("head", "must be empty")
+        stem = spec.stem[0]
+        depths = stage_depths(spec)
+        stages = []
+        for i, (stage, n) in enumerate(zip(spec.stages, depths)):
+            block, prefix = stage[-1], stage[:len(stage) - n]
+            if block.kind != "convnext":
+                refuse(f"stages[{i}][{len(stage) - 1}]", f"is a {block.kind!r} block, not 'convnext'")
+            if len(prefix) > 1 or (prefix and prefix[0].kind != "convnext_down"):
+                refuse(f"stages[{i}][0]", "only one 'convnext_down' block may precede a stage's 'convnext' blocks")
+            down = prefix[0] if prefix else None
+            stages.append(StageShape(down.kernel if down else None, down.stride if down else 1, block.channels, n,
+                                     block.kernel, block.expansion, block.layer_scale is not None,
+                                     (block.activation or spec.activation) != "linear"))
+        return cls(spec, stem.channels, stem.kernel, stem.stride, bool(stem.bias), stem.norm,
+                   (stem.activation or spec.activation) != "linear", tuple(stages), spec.classifier_norm == "ln")
+
+    @property
+    def widths(self) -> np.ndarray:
+        return np.array([s.width for s in self.stages])
+
+    @property
+    def depths(self) -> np.ndarray:
+        return np.array([s.depth for s in self.stages])
+
+    def evaluate(self, wm, dm, *, input_size: Optional[int] = None, classes: int = 1000) -> "Candidates":
+        """Params, MACs, NN-Mass and non-linear units of every candidate (numpy arrays, one row each)."""
+        wm = np.atleast_1d(np.asarray(wm, dtype=float))
+        dm = np.atleast_1d(np.asarray(dm, dtype=float))
+        size = input_size or self.base.input_size
+        cin = self.base.input_channels
+        rnd = lambda x: np.maximum(1, np.floor(x + 0.5)).astype(np.int64)  # noqa: E731 - ROUNDINGS['round']
+        widths = rnd(self.widths[None, :] * wm[:, None])
+        depths = rnd(self.depths[None, :] * dm[:, None])
+        stem_w = rnd(self.stem_width * wm)
+
+        h = same_size(size, self.stem_stride)
+        params = conv_params(self.stem_kernel, cin, stem_w, self.stem_bias)
+        params = params + (2 * stem_w if self.stem_norm == "ln" else 4 * stem_w if self.stem_norm == "bn" else 0)
+        macs = conv_macs(h, h, self.stem_kernel, cin, stem_w)
+        mass = np.zeros(len(wm))
+        units = stem_w if self.stem_nonlinear else np.zeros(len(wm), dtype=np.int64)
+        prev = stem_w
+        for s, shape in enumerate(self.stages):
+            c, d = widths[:, s], depths[:, s]
+            if shape.down_kernel is not None:
+                h = same_size(h, shape.down_stride)
+                params = params + 2 * prev + conv_params(shape.down_kernel, prev, c, True)
+                macs = macs + conv_macs(h, h, shape.down_kernel, prev, c)
+            hidden = np.maximum(1, np.round(shape.expansion * c)).astype(np.int64)
+            block_params = (depthwise_params(shape.kernel, c, True) + 2 * c + conv_params(1, c, hidden, True)
+                            + conv_params(1, hidden, c, True) + (c if shape.layer_scale else 0))
+            block_macs = depthwise_macs(h, h, shape.kernel, c) + conv_macs(h, h, 1, c, hidden) + conv_macs(
+                h, h, 1, hidden, c)
+            params = params + d * block_params
+            macs = macs + d * block_macs
+            mass = mass + d * convnext_block_mass(c, hidden)
+            units = units + (d * convnext_block_units(c, hidden) if shape.nonlinear else 0)
+            prev = c
+        params = params + (2 * prev if self.classifier_norm else 0) + dense_params(prev, classes)
+        macs = macs + prev * classes
+        return Candidates(wm, dm, widths, depths, np.asarray(params, dtype=np.int64),
+                          np.asarray(macs, dtype=np.int64), mass, units)
+
+
+@dataclass
+class Candidates:
+    """One row per candidate; ``widths``/``depths`` are (N, stages)."""
+    wm: np.ndarray
+    dm: np.ndarray
+    widths: np.ndarray
+    depths: np.ndarray
+    params: np.ndarray
+    macs: np.ndarray
+    nn_mass: np.ndarray
+    nonlinear_units: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.wm)
+
+    def row(self, i: int) -> Dict[str, Any]:
+        return {"wm": float(self.wm[i]), "dm": float(self.dm[i]), "widths": self.widths[i].tolist(),
+                "depths": self.depths[i].tolist(), "params": int(self.params[i]), "macs": int(self.macs[i]),
+                "nn_mass": float(self.nn_mass[i]), "nonlinear_units": int(self.nonlinear_units[i])}
+
+
+# --- the sweep ---------------------------------------------------------------------------------
+
+def sample_multipliers(wm: Tuple[float, float], dm: Tuple[float, float], *, samples: Optional[int] = None,
+                       seed: int = 0, grid: Optional[Tuple[float, float]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """``samples`` uniform random (wm, dm) pairs from ``seed``, or the full grid with steps ``grid``."""
+    if grid is not None:
+        axes = [np.round(np.arange(lo, hi + step / 2, step), 10) for (lo, hi), step in zip((wm, dm), grid)]
+        axes = [a[a <= hi + 1e-12] for a, (_, hi) in zip(axes, (wm, dm))]
+        w, d = np.meshgrid(axes[0], axes[1], indexing="ij")
+        return w.ravel(), d.ravel()
+    if samples is None or samples < 1:
+        raise ScaleError(f"samples must be a positive integer, got {samples!r}")
+    rng = np.random.default_rng(seed)
+    return rng.uniform(wm[0], wm[1], samples), rng.uniform(dm[0], dm[1], samples)
+
+
+@dataclass
+class BudgetResult:
+    budget: Budget
+    inside: int                  # candidates inside the budget (width constraint included)
+    ranked: List[int]            # candidate indices, one per distinct architecture, best NN-Mass first
+
+    @property
+    def chosen(self) -> Optional[int]:
+        return self.ranked[0] if self.ranked else None
+
+
+@dataclass
+class SweepResult:
+    base: NetworkSpec
+    family: ConvNeXtFamily
+    candidates: Candidates
+    budgets: List[BudgetResult]
+    settings: Dict[str, Any]
+    seconds: float               # time to evaluate every candidate analytically
+    base_point: Dict[str, Any] = field(default_factory=dict)
+
+    def chosen_spec(self, index: int, name: str, *, drop_path: Optional[float] = None,
+                    description: str = "") -> NetworkSpec:
+        """The spec of candidate ``index``: the base scaled by its (wm, dm)."""
+        c = self.candidates
+        spec = scale_convnext(self.base, float(c.wm[index]), float(c.dm[index]), name=name, drop_path=drop_path,
+                              description=description)
+        return spec.replace(family="ran_i")
+
+    def to_dict(self, top: int = 5) -> Dict[str, Any]:
+        return {"base": self.base.name, "base_point": self.base_point, "settings": self.settings,
+                "candidates": len(self.candidates), "evaluate_seconds": self.seconds,
+                "budgets": [{**b.budget.to_dict(), "inside": b.inside, "distinct": len(b.ranked),
+                             "top": [dict(self.candidates.row(i), rank=r + 1) for r, i in enumerate(b.ranked[:top])]}
+                            for b in self.budgets]}
+
+
+def run_sweep(base: NetworkSpec, budgets: Sequence[Budget], *, wm: Tuple[float, float] = PAPER_WM,
+              dm: Tuple[float, float] = PAPER_DM, samples: Optional[int] = 800, seed: int = 0,
+              grid: Optional[Tuple[float, float]] = None, min_width=None,
+              input_size: Optional[int] = None, classes: int = 1000) -> SweepResult:
+    """Evaluate every candidate, then rank those inside each budget by NN-Mass (ties: fewer MACs).
+
+    ``min_width`` (one channel count, or one per budget) overrides the budgets' own width floors.
+    """
+    family = ConvNeXtFamily.from_spec(base)
+    if min_width is not None:
+        budgets = with_min_width(budgets, min_width)
+    w, d = sample_multipliers(wm, dm, samples=samples, seed=seed, grid=grid)
+    start = time.perf_counter()
+    cand = family.evaluate(w, d, input_size=input_size, classes=classes)
+    seconds = time.perf_counter() - start
+    results = []
+    for budget in budgets:
+        idx = np.flatnonzero(budget.admits(cand))
+        idx = idx[np.lexsort((cand.macs[idx], -cand.nn_mass[idx]))]
+        seen, ranked = set(), []
+        for i in idx.tolist():
+            key = (tuple(cand.widths[i]), tuple(cand.depths[i]))
+            if key not in seen:
+                seen.add(key)
+                ranked.append(i)
+        results.append(BudgetResult(budget, len(idx), ranked))
+    base_eval = family.evaluate([1.0], [1.0], input_size=input_size, classes=classes)
+    settings = {"wm": list(wm), "dm": list(dm), "samples": None if grid else samples, "seed": None if grid else seed,
+                "grid": list(grid) if grid else None,
+                "input_size": input_size or base.input_size, "classes": classes}
+    return SweepResult(base, family, cand, results, settings, seconds, base_eval.row(0))
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+def candidates_csv(result: SweepResult) -> str:
+    """Every candidate, one row, with a 0/1 column per budget (inside it, width constraint included)."""
+    c = result.candidates
+    inside = {b.budget.name: b.budget.admits(c).astype(int) for b in result.budgets}
+    buf = _io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["wm", "dm", "widths", "depths", "params", "macs", "nn_mass", "nonlinear_units",
+                     *[f"in_{name}" for name in inside]])
+    for i in range(len(c)):
+        writer.writerow([f"{c.wm[i]:.6f}", f"{c.dm[i]:.6f}", " ".join(map(str, c.widths[i])),
+                         " ".join(map(str, c.depths[i])), int(c.params[i]), int(c.macs[i]), f"{c.nn_mass[i]:g}",
+                         int(c.nonlinear_units[i]), *[int(v[i]) for v in inside.values()]])
+    return buf.getvalue()
+
+
+def plot_sweep(result: SweepResult, path, *, marks: Sequence[Tuple[str, float, float]] = ()) -> None:
+    """NN-Mass vs MACs: every candidate, each budget's MACs band shaded, its chosen model starred.
+
+    ``marks``: extra labelled points (label, MACs, NN-Mass), e.g. the paper's Table 7 models.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = result.candidates
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    ax.scatter(c.macs / 1e9, c.nn_mass, s=4, color="0.75", label=f"{len(c)} candidates", rasterized=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, b in enumerate(result.budgets):
+        color = colors[k % len(colors)]
+        if b.budget.macs:
+            lo, hi = (b.budget.macs * (1 - b.budget.tolerance), b.budget.macs * (1 + b.budget.tolerance))
+            ax.axvspan(lo / 1e9, hi / 1e9, color=color, alpha=0.15, lw=0)
+        idx = np.flatnonzero(b.budget.admits(c))
+        ax.scatter(c.macs[idx] / 1e9, c.nn_mass[idx], s=10, color=color,
+                   label=f"{b.budget.name}: {b.budget.describe()} ({len(idx)})")
+        if b.chosen is not None:
+            i = b.chosen
+            ax.scatter([c.macs[i] / 1e9], [c.nn_mass[i]], marker="*", s=220, color=color, edgecolor="black", zorder=5)
+            ax.annotate(f"{b.budget.name}: wm {c.wm[i]:.3f}, dm {c.dm[i]:.2f}", (c.macs[i] / 1e9, c.nn_mass[i]),
+                        textcoords="offset points", xytext=(6, 6), fontsize=8)
+    for label, macs, mass in marks:
+        ax.scatter([macs / 1e9], [mass], marker="D", s=40, facecolor="none", edgecolor="black", zorder=6)
+        ax.annotate(label, (macs / 1e9, mass), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    title = f"NN-Mass vs MACs, {result.base.name} scaled"
+    ax.set(xlabel="MACs (billions, 224x224)", ylabel="NN-Mass", title=title)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with io.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def check_output_names(base: NetworkSpec, prefix: Optional[str], drop_path: Optional[float]) -> None:
+    """Raise ScaleError now (before any work) if the chosen specs' name prefix or drop_path is unusable."""
+    from ran_keras.errors import SpecError
+    if drop_path is not None and (isinstance(drop_path, bool) or not isinstance(drop_path, (int, float))
+                                  or not 0 <= drop_path < 1):
+        raise ScaleError(f"--drop-path must be in [0, 1), got {drop_path!r}")
+    if prefix is not None:
+        try:
+            base.replace(name=f"{prefix}_h1")
+        except SpecError as err:
+            raise ScaleError(f"--prefix {prefix!r} does not make a valid spec name: {err.detail}") from None
+
+
+def write_outputs(result: SweepResult, *, csv_path=None, plot_path=None, spec_dir=None, prefix: Optional[str] = None,
+                  drop_path: Optional[float] = None, marks=()) -> Dict[str, Any]:
+    """Write the CSV, the plot and each budget's chosen spec (atomically); returns what was written."""
+    check_output_names(result.base, prefix, drop_path)
+    written: Dict[str, Any] = {"specs": {}}
+    if csv_path:
+        written["csv"] = str(io.write_text(csv_path, candidates_csv(result)))
+    if plot_path:
+        plot_sweep(result, plot_path, marks=marks)
+        written["plot"] = str(plot_path)
+    if spec_dir:
+        prefix = prefix or f"{result.base.name}_scaled"
+        for b in result.budgets:
+            if b.chosen is None:
+                continue
+            name = f"{prefix}_{b.budget.name.lower()}"
+            row = result.candidates.row(b.chosen)
+            spec = result.chosen_spec(b.chosen, name, drop_path=drop_path, description=(
+                f"highest-NN-Mass candidate for {b.budget.name} ({b.budget.describe()}): {result.base.name} at "
+                f"wm {row['wm']:.4f}, dm {row['dm']:.4f}"))
+            prof = profile_spec(spec, input_size=result.settings["input_size"], classes=result.settings["classes"])
+            if (prof.params, prof.macs) != (row["params"], row["macs"]):
+                raise RuntimeError(f"analytic sweep and profiler disagree on {name}: {row['params']}/{row['macs']} vs "
+                                   f"{prof.params}/{prof.macs}")
+            written["specs"][b.budget.name] = str(spec.save(Path(spec_dir) / f"{name}.json"))
+    return written
+
+
+DEPTH_NOTE = ("NN-Mass grows like dm*wm while MACs and params grow like dm*wm^2, so inside a budget the "
+              "highest-NN-Mass candidates are the deepest and narrowest the ranges allow. Corollary 1: NN-Mass "
+              "matters less when width is low; --min-width C keeps every stage at least C channels wide.")
+
+
+def format_report(result: SweepResult, top: int = 5) -> str:
+    """The text report: the base, the search space, and each budget's top candidates."""
+    from ran_keras.report import table
+    s, bp = result.settings, result.base_point
+    lines = [f"base {result.base.name}: {fmt_count(bp['params'])} params, {fmt_count(bp['macs'])} MACs, "
+             f"NN-Mass {bp['nn_mass']:g}, widths {bp['widths']}, depths {bp['depths']} "
+             f"({s['input_size']}x{s['input_size']}, {s['classes']} classes)"]
+    space = (f"grid with steps wm {s['grid'][0]:g}, dm {s['grid'][1]:g}" if s["grid"]
+             else f"{s['samples']} random samples (seed {s['seed']})")
+    lines.append(f"{len(result.candidates)} candidates: {space} over wm {s['wm'][0]:g}:{s['wm'][1]:g}, "
+                 f"dm {s['dm'][0]:g}:{s['dm'][1]:g}; evaluated analytically in {1e3 * result.seconds:.1f} ms")
+    for b in result.budgets:
+        lines.append("")
+        head = (f"{b.budget.name}: {b.budget.describe()}: {b.inside} of {len(result.candidates)} candidates inside, "
+                f"{len(b.ranked)} distinct architectures")
+        if not b.ranked:
+            lines.append(head + " - none to rank; widen --tolerance, sample more, or use --grid")
+            continue
+        lines.append(head)
+        rows = []
+        for r, i in enumerate(b.ranked[:top]):
+            row = result.candidates.row(i)
+            rows.append([r + 1, f"{row['wm']:.4f}", f"{row['dm']:.4f}", ",".join(map(str, row["widths"])),
+                         ",".join(map(str, row["depths"])), fmt_count(row["params"]), fmt_count(row["macs"]),
+                         f"{row['nn_mass']:g}", row["nonlinear_units"]])
+        lines.append(table(["rank", "wm", "dm", "widths", "depths", "params", "MACs", "NN-Mass", "non-linear units"],
+                           rows))
+    lines += ["", DEPTH_NOTE]
+    return "\n".join(lines)
+
+
+def model_marks(models: Sequence[str], input_size: Optional[int] = None,
+                classes: int = 1000) -> List[Tuple[str, float, float]]:
+    """(name, MACs, NN-Mass) of registered models or spec files, to mark on the plot."""
+    from ran_keras.nnmass import nn_mass
+    from ran_keras.registry import resolve_spec
+    out = []
+    for model in models:
+        spec = resolve_spec(model)
+        out.append((spec.name, float(profile_spec(spec, input_size=input_size, classes=classes).macs),
+                    nn_mass(spec).mass))
+    return out
