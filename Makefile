@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+DEMO_OUT    ?= out/hwtable
+DEMO_ARGS   ?=
 
-.PHONY: venv demo test clean
+.PHONY: venv demo search-demo test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ran-keras needs Python 3.11, found " + sys.version.split()[0])'
@@ -16,9 +18,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+# the paper's hardware table (Tables 1-2) with Vela: table on stdout, .md/.csv/.json/.png in $(DEMO_OUT)
 demo: $(STAMP)
-	$(BIN)/ran list
-	$(BIN)/ran profile
+	$(BIN)/ran hwtable --output-dir $(DEMO_OUT) $(DEMO_ARGS)
+
+# the offline PReLU-search demo on scikit-learn digits (lambda sweep; resumable) into runs/digits_search
+search-demo: $(STAMP)
+	$(BIN)/ran search --demo --model_dir=runs/digits_search
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

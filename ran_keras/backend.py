@@ -8,15 +8,60 @@ imported, so ``tf.keras``, tfmot and ran_keras all see the same Keras.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 import warnings
 
 _TF_WAS_LOADED = "tensorflow" in sys.modules
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+#: start-up lines TensorFlow's C++ side prints before its logging is configured (so
+#: TF_CPP_MIN_LOG_LEVEL cannot silence them); they are dropped, every other line is kept
+_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+)
+
+
+@contextlib.contextmanager
+def _without_startup_noise():
+    """Capture file descriptor 2 while TensorFlow starts; write back all but the known noise.
+
+    Set RAN_KERAS_TF_STARTUP_LOGS=1 to see everything.
+    """
+    if os.environ.get("RAN_KERAS_TF_STARTUP_LOGS") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", errors="replace")
+            kept = [line for line in text.splitlines(keepends=True)
+                    if not any(noise in line for noise in _STARTUP_NOISE)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+with _without_startup_noise():
+    import tensorflow as tf  # noqa: E402
+    import tf_keras as keras  # noqa: E402
+
+    tf.config.list_physical_devices()  # initialise the device platforms now, inside the filter
 
 layers = keras.layers
 

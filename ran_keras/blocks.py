@@ -82,6 +82,10 @@ MID = Field((int,), None, positive, "pair form: two sub-blocks C -> mid -> C wit
             nullable=True)
 ALPHA_INIT = Field((int, float), None, None, "initial alpha; null inherits the network's alpha_init",
                    nullable=True)
+PAD_EXPANDED = Field((bool,), False, None,
+                     "AFRBs: zero-pad the expanded map before its BN and run the depthwise conv 'valid', so "
+                     "that at alpha = 1 the block folds into one plain k x k conv with no border map (same "
+                     "MACs; `ran fold`, WORKSPACE.md 'Folding')")
 
 
 class BlockKind:
@@ -288,12 +292,18 @@ class CollapsedBlock(BlockKind):
         return ir.BlockGraph(tuple(ops), ())
 
 
-def _afrb_ops(prefix: str, cin: int, hidden: int, cout: int, kernel: int, stride: int, alpha):
+def _afrb_ops(prefix: str, cin: int, hidden: int, cout: int, kernel: int, stride: int, alpha,
+              pad_expanded: bool = False):
     init, clip = alpha
     ops = [ir.SharedPReLU("alpha", True, init, clip)]
+    padding = "same"
     if hidden != cin:
-        ops += [ir.Conv(prefix + "expand", hidden, 1), ir.BatchNorm(prefix + "expand_bn")]
-    ops += [ir.DepthwiseConv(prefix + "dw", kernel, stride), ir.BatchNorm(prefix + "dw_bn"),
+        ops.append(ir.Conv(prefix + "expand", hidden, 1))
+        if pad_expanded:  # BN(pad(expand(x))): the ring carries the BN shift, so the fold is a plain conv
+            ops.append(ir.ZeroPad(prefix + "pad", kernel, stride))
+            padding = "valid"
+        ops.append(ir.BatchNorm(prefix + "expand_bn"))
+    ops += [ir.DepthwiseConv(prefix + "dw", kernel, stride, padding=padding), ir.BatchNorm(prefix + "dw_bn"),
             ir.SharedPReLU("alpha", False, init, clip),
             ir.Conv(prefix + "project", cout, 1), ir.BatchNorm(prefix + "project_bn")]
     return ops
@@ -302,7 +312,7 @@ def _afrb_ops(prefix: str, cin: int, hidden: int, cout: int, kernel: int, stride
 class _AFRB(BlockKind):
     """PReLU(1 - a) -> 1x1 expand -> BN -> k x k depthwise -> BN -> PReLU(a) -> 1x1 project -> BN."""
     fields = {"channels": CHANNELS, "kernel": KERNEL, "stride": STRIDE, "expansion": EXPANSION,
-              "alpha_init": ALPHA_INIT}
+              "alpha_init": ALPHA_INIT, "pad_expanded": PAD_EXPANDED}
     residual = False
 
     def _alpha(self, b, net):
@@ -315,7 +325,7 @@ class _AFRB(BlockKind):
 
     def expand(self, b, cin, net):
         hidden = hidden_channels(b.expansion, cin, b.channels, pair=False)
-        ops = _afrb_ops("", cin, hidden, b.channels, b.kernel, b.stride, self._alpha(b, net))
+        ops = _afrb_ops("", cin, hidden, b.channels, b.kernel, b.stride, self._alpha(b, net), b.pad_expanded)
         return ir.BlockGraph(tuple(ops), () if self.residual else None)
 
 
@@ -353,7 +363,8 @@ class AFRB3(_AFRB):
         alpha = self._alpha(b, net)
         ops = []
         for prefix, a, z in _pair(cin, b.mid_channels, b.channels):
-            ops += _afrb_ops(prefix, a, hidden_channels(b.expansion, a, z, pair=True), z, b.kernel, 1, alpha)
+            ops += _afrb_ops(prefix, a, hidden_channels(b.expansion, a, z, pair=True), z, b.kernel, 1, alpha,
+                             b.pad_expanded)
         return ir.BlockGraph(tuple(ops), ())
 
 
@@ -381,3 +392,6 @@ AFRB_KINDS = ("afrb1", "afrb2", "afrb3")
 def same_size(size: int, stride: int) -> int:
     """Output size of a 'same'-padded op."""
     return int(math.ceil(size / stride))
+
+
+from ran_keras import convnext_blocks  # noqa: E402,F401  (registers the 'convnext' and 'convnext_down' kinds)

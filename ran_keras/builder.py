@@ -7,13 +7,17 @@ sub-models and no preprocessing layers are used, so tfmot can quantise the resul
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from ran_keras import blocks, ir
 from ran_keras.backend import keras
 from ran_keras.errors import RanError
-from ran_keras.layers import SharedAlphaPReLU, activation_layer
+from ran_keras.layers import LayerScale, SharedAlphaPReLU, activation_layer
 from ran_keras.spec import NetworkSpec, with_activation
 
 
@@ -44,7 +48,7 @@ def _apply(ops, x, prefix: str, spec: NetworkSpec, init: _Initializers, shared: 
             x = keras.layers.Conv2D(op.filters, op.kernel, strides=op.stride, padding="same",
                                     use_bias=op.bias, kernel_initializer=init.conv(), name=name)(x)
         elif isinstance(op, ir.DepthwiseConv):
-            x = keras.layers.DepthwiseConv2D(op.kernel, strides=op.stride, padding="same", use_bias=op.bias,
+            x = keras.layers.DepthwiseConv2D(op.kernel, strides=op.stride, padding=op.padding, use_bias=op.bias,
                                              depthwise_initializer=init.conv(), name=name)(x)
         elif isinstance(op, ir.BatchNorm):
             x = keras.layers.BatchNormalization(momentum=spec.bn_momentum, epsilon=spec.bn_epsilon,
@@ -59,6 +63,14 @@ def _apply(ops, x, prefix: str, spec: NetworkSpec, init: _Initializers, shared: 
             x = shared[name](x, complement=op.complement)
         elif isinstance(op, ir.MaxPool):
             x = keras.layers.MaxPooling2D(op.kernel, op.stride, padding="same", name=name)(x)
+        elif isinstance(op, ir.LayerScale):
+            x = LayerScale(op.init, name=name)(x)
+        elif isinstance(op, ir.DropPath):
+            # one keep/drop decision per sample: stochastic depth; Dropout is the identity at inference
+            x = keras.layers.Dropout(op.rate, noise_shape=(None, 1, 1, 1), name=name)(x)
+        elif isinstance(op, ir.ZeroPad):
+            pads = tuple(ir.same_padding(d, op.kernel, op.stride) for d in x.shape[1:3])
+            x = keras.layers.ZeroPadding2D(pads, name=name)(x)
         else:
             raise TypeError(f"the builder has no Keras layer for IR op {op!r}")
     return x
@@ -115,6 +127,8 @@ def build_model(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]
 
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name=f"{name}_avg_pool")(x)
+        if spec.classifier_norm == "ln":
+            x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_classifier_ln")(x)
         if spec.classifier_dropout > 0:
             x = keras.layers.Dropout(spec.classifier_dropout, name=f"{name}_dropout")(x)
         x = keras.layers.Dense(classes, activation=classifier_activation, kernel_initializer=init.dense(),
@@ -139,7 +153,33 @@ def load_model(path, compile: bool = False):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    if path.suffix == ".keras" and zipfile.is_zipfile(path):
+        model = _load_keras_archive(path, compile, CUSTOM_OBJECTS)
+        if model is not None:
+            return model
     return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=compile)
+
+
+def _load_keras_archive(path: Path, compile: bool, custom_objects):
+    """A ``.keras`` archive, its weights unpacked to a temporary file first (None: not a plain archive).
+
+    tf_keras reads the weights straight out of the zip, and every backward seek of h5py re-reads the
+    archive from its start: loading a 350 MB ConvNeXt-B file that way takes minutes, this way seconds.
+    """
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        if not {"config.json", "model.weights.h5"} <= names <= {"config.json", "metadata.json", "model.weights.h5"}:
+            return None
+        config = json.loads(archive.read("config.json"))
+        if not compile:
+            config["compile_config"] = None
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / "model.weights.h5"
+            with archive.open("model.weights.h5") as src, open(weights, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 24)
+            model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
+            model.load_weights(weights)
+    return model
 
 
 __all__ = ["build_model", "load_model"]

@@ -27,6 +27,7 @@ class DepthwiseConv:
     kernel: int
     stride: int = 1
     bias: bool = False
+    padding: str = "same"     # 'valid' after an explicit ZeroPad
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,46 @@ class MaxPool:
     stride: int
 
 
-Op = Union[Conv, DepthwiseConv, BatchNorm, LayerNorm, Act, SharedPReLU, MaxPool]
+@dataclass(frozen=True)
+class LayerScale:
+    """ConvNeXt's layer scale: a trainable per-channel factor, initialised to ``init``."""
+    name: str
+    init: float
+
+
+@dataclass(frozen=True)
+class DropPath:
+    """Stochastic depth on a residual branch: while training, zero the branch for a sample with
+    probability ``rate`` (and scale the kept ones by 1 / (1 - rate)); the identity at inference."""
+    name: str
+    rate: float
+
+
+@dataclass(frozen=True)
+class ZeroPad:
+    """The zero padding a 'same' k x k, stride-s op would add itself (see ``same_padding``).
+
+    Lets a block pad early, e.g. the AFRB's ``pad_expanded`` form: pad the expanded map before its
+    BN, then a 'valid' depthwise conv, so the block is exactly a padded k x k conv at alpha = 1.
+    """
+    name: str
+    kernel: int
+    stride: int
+
+
+Op = Union[Conv, DepthwiseConv, BatchNorm, LayerNorm, Act, SharedPReLU, MaxPool, LayerScale, DropPath, ZeroPad]
+
+
+def same_padding(size: Optional[int], kernel: int, stride: int) -> Tuple[int, int]:
+    """(before, after) zero padding of TF's 'same' along one axis; the extra one goes after.
+
+    An unknown size (None) gets the stride-1 amounts, which keep the 'same' output size.
+    """
+    if size is None:
+        return (kernel - 1) // 2, kernel // 2
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ class SharedAlphaPReLU(keras.layers.Layer):
     def call(self, inputs, complement: bool = False):
         alpha = tf.cast(self.alpha, inputs.dtype)
         slope = 1.0 - alpha if complement else alpha
-        return tf.nn.relu(inputs) - slope * tf.nn.relu(-inputs)
+        # max(x, 0) + slope * min(x, 0): with relu(-x) the int8 converter leaves a float NEG behind
+        return tf.nn.relu(inputs) + slope * tf.minimum(inputs, 0.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -67,6 +68,58 @@ class HardSwish(keras.layers.Layer):
 
     def call(self, inputs):
         return inputs * tf.nn.relu6(inputs + 3.0) * (1.0 / 6.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.utils.register_keras_serializable(package="ran_keras")
+class LayerScale(keras.layers.Layer):
+    """ConvNeXt's layer scale: ``x * gamma`` with one trainable factor per channel.
+
+    ``gamma`` starts at ``init`` (ConvNeXt: 1e-6), so each residual branch starts almost shut.
+    Element-wise and linear, so it could be folded into the preceding 1x1 convolution; exported
+    as is, it is one MUL.
+    """
+
+    def __init__(self, init: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.init = float(init)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(name="gamma", shape=(int(input_shape[-1]),), trainable=True,
+                                     initializer=keras.initializers.Constant(self.init))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs * tf.cast(self.gamma, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return dict(super().get_config(), init=self.init)
+
+
+@keras.utils.register_keras_serializable(package="ran_keras")
+class BorderBias(keras.layers.Layer):
+    """Adds a constant (H, W, C) map, zero in the interior: the border term of a folded chain.
+
+    ``ran_keras.rewrite`` puts it after a convolution folded from a chain whose spatial op saw a
+    bias (e.g. a BN shift after a 1x1 expansion); see ``ran_keras.rewrite.linear`` for why the
+    term exists and why it is exact. Not trainable. TFLite: one ADD with a constant.
+    """
+
+    def build(self, input_shape):
+        shape = tuple(input_shape[1:])
+        if any(d is None for d in shape):
+            raise ValueError(f"BorderBias needs a fixed spatial input size, got {tuple(input_shape)}")
+        self.bias_map = self.add_weight(name="bias_map", shape=shape, trainable=False,
+                                        initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs + tf.cast(self.bias_map, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -89,4 +142,5 @@ def activation_layer(fn: str, name: str):
 
 
 CUSTOM_OBJECTS = {"ran_keras>SharedAlphaPReLU": SharedAlphaPReLU, "ran_keras>HardSwish": HardSwish,
-                  "ran_keras>ClipAlpha": ClipAlpha}
+                  "ran_keras>ClipAlpha": ClipAlpha, "ran_keras>LayerScale": LayerScale,
+                  "ran_keras>BorderBias": BorderBias}

@@ -66,7 +66,7 @@ class LayerRow:
     output_shape: Tuple[Optional[int], ...]
     params: int = 0
     trainable_params: int = 0
-    macs: int = 0
+    macs: Optional[int] = 0          # None: a Keras layer whose spatial size is unknown (None dims)
     mac_kind: str = ""
     nonlinear_units: int = 0
 
@@ -92,15 +92,18 @@ class Profile:
         return self.params - self.trainable_params
 
     @property
-    def macs(self) -> int:
+    def macs(self) -> Optional[int]:
+        """Total MACs; None when a layer's MACs are unknown (a Keras model with None spatial dims)."""
+        if any(r.macs is None for r in self.layers):
+            return None
         return sum(r.macs for r in self.layers)
 
     @property
-    def macs_by_kind(self) -> Dict[str, int]:
-        out = {k: 0 for k in MAC_KINDS}
+    def macs_by_kind(self) -> Dict[str, Optional[int]]:
+        out: Dict[str, Optional[int]] = {k: 0 for k in MAC_KINDS}
         for r in self.layers:
             if r.mac_kind:
-                out[r.mac_kind] += r.macs
+                out[r.mac_kind] = None if r.macs is None or out[r.mac_kind] is None else out[r.mac_kind] + r.macs
         return out
 
     @property
@@ -113,7 +116,8 @@ class Profile:
         for r in self.layers:
             d = out.setdefault(r.name, {"params": 0, "trainable_params": 0, "macs": 0, "nonlinear_units": 0})
             for key in d:
-                d[key] += getattr(r, key)
+                value = getattr(r, key)
+                d[key] = None if value is None or d[key] is None else d[key] + value
         return out
 
     def to_dict(self, layers: bool = False) -> Dict[str, Any]:
@@ -137,7 +141,10 @@ def _op_row(op: ir.Op, name: str, h: int, w: int, c: int, seen: set) -> Tuple[La
         return (LayerRow(name, "Conv2D", (ho, wo, op.filters), p, p,
                          conv_macs(ho, wo, op.kernel, c, op.filters), "conv"), ho, wo, op.filters)
     if isinstance(op, ir.DepthwiseConv):
-        ho, wo = same_size(h, op.stride), same_size(w, op.stride)
+        if op.padding == "valid":
+            ho, wo = (h - op.kernel) // op.stride + 1, (w - op.kernel) // op.stride + 1
+        else:
+            ho, wo = same_size(h, op.stride), same_size(w, op.stride)
         p = depthwise_params(op.kernel, c, op.bias)
         return (LayerRow(name, "DepthwiseConv2D", (ho, wo, c), p, p,
                          depthwise_macs(ho, wo, op.kernel, c), "depthwise"), ho, wo, c)
@@ -156,6 +163,13 @@ def _op_row(op: ir.Op, name: str, h: int, w: int, c: int, seen: set) -> Tuple[La
     if isinstance(op, ir.MaxPool):
         ho, wo = same_size(h, op.stride), same_size(w, op.stride)
         return LayerRow(name, "MaxPooling2D", (ho, wo, c)), ho, wo, c
+    if isinstance(op, ir.LayerScale):
+        return LayerRow(name, "LayerScale", (h, w, c), c, c), h, w, c
+    if isinstance(op, ir.DropPath):
+        return LayerRow(name, "Dropout", (h, w, c)), h, w, c
+    if isinstance(op, ir.ZeroPad):
+        ho, wo = h + sum(ir.same_padding(h, op.kernel, op.stride)), w + sum(ir.same_padding(w, op.kernel, op.stride))
+        return LayerRow(name, "ZeroPadding2D", (ho, wo, c)), ho, wo, c
     raise TypeError(f"no cost rule for IR op {op!r}")
 
 
@@ -188,6 +202,8 @@ def profile_spec(spec: NetworkSpec, input_shape: Optional[Sequence[int]] = None,
         h, w, c = _run_ops(graph.post, prefix, h1, w1, c1, rows, seen)
     if include_top:
         rows.append(LayerRow(f"{name}_avg_pool", "GlobalAveragePooling2D", (c,)))
+        if spec.classifier_norm == "ln":
+            rows.append(LayerRow(f"{name}_classifier_ln", "LayerNormalization", (c,), 2 * c, 2 * c))
         if spec.classifier_dropout > 0:
             rows.append(LayerRow(f"{name}_dropout", "Dropout", (c,)))
         rows.append(LayerRow(f"{name}_predictions", "Dense", (classes,), dense_params(c, classes),
@@ -231,20 +247,20 @@ def profile_model(model, name: Optional[str] = None) -> Profile:
             macs, kind, units = 0, "", 0
             if isinstance(layer, kl.DepthwiseConv2D):
                 kh, kw = layer.kernel_size
-                macs = out[1] * out[2] * kh * kw * out[3]
+                macs = _prod(out[1], out[2], kh * kw * out[3])
                 kind = "depthwise"
             elif isinstance(layer, kl.SeparableConv2D):
                 kh, kw = layer.kernel_size
                 cin = in_shape[-1]
-                macs = out[1] * out[2] * (kh * kw * cin * layer.depth_multiplier
-                                          + cin * layer.depth_multiplier * out[3])
+                macs = _prod(out[1], out[2], kh * kw * cin * layer.depth_multiplier
+                             + cin * layer.depth_multiplier * out[3])
                 kind = "conv"
             elif isinstance(layer, kl.Conv2D) and not isinstance(layer, kl.Conv2DTranspose):
                 kh, kw = layer.kernel_size
-                macs = out[1] * out[2] * kh * kw * (in_shape[-1] // layer.groups) * out[3]
+                macs = _prod(out[1], out[2], kh * kw * (in_shape[-1] // layer.groups) * out[3])
                 kind = "conv"
             elif isinstance(layer, kl.Dense):
-                macs = math.prod(in_shape[1:]) * layer.units
+                macs = _prod(*in_shape[1:], layer.units)
                 kind = "dense"
             act = getattr(layer, "activation", None)
             act_name = getattr(act, "__name__", "linear") if act is not None else "linear"
@@ -254,8 +270,13 @@ def profile_model(model, name: Optional[str] = None) -> Profile:
                 units = out[-1] if act_name not in ("linear", "softmax") else 0
             prof.layers.append(LayerRow(layer.name, type(layer).__name__, tuple(out[1:]),
                                         total if n == 0 else 0, trainable if n == 0 else 0,
-                                        int(macs), kind, int(units)))
+                                        macs, kind, int(units)))
     return prof
+
+
+def _prod(*dims: Optional[int]) -> Optional[int]:
+    """Product of dimensions, or None if one is unknown."""
+    return None if any(d is None for d in dims) else int(math.prod(dims))
 
 
 def profile(model_or_spec, input_shape: Optional[Sequence[int]] = None, **kwargs) -> Profile:

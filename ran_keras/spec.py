@@ -76,7 +76,7 @@ class BlockSpec:
         """A copy with some fields changed. Changing ``kind`` keeps the fields the new kind has."""
         kind = changes.pop("kind", self.kind)
         accepted = blocks.get_kind(kind).fields
-        values = {k: v for k, v in self._values.items() if k in accepted and v is not None}
+        values = {k: v for k, v in self._values.items() if k in accepted}  # explicit nulls stay null
         if kind != self.kind and "bias" in values:
             del values["bias"]  # re-derive from the new kind's norm default
         values.update(changes)
@@ -153,6 +153,7 @@ class NetworkSpec:
     bn_epsilon: float = 1e-3
     alpha_init: float = 0.5
     alpha_clip: Optional[Tuple[float, float]] = None
+    classifier_norm: Optional[str] = None   # 'ln': LayerNorm on the pooled features (ConvNeXt's head)
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -195,6 +196,8 @@ class NetworkSpec:
             if not clip[0] < clip[1]:
                 raise SpecError("alpha_clip", f"must be [low, high] with low < high, got {list(clip)}")
             set_("alpha_clip", clip)
+        if self.classifier_norm not in (None, "ln"):
+            raise SpecError("classifier_norm", f"must be 'ln' or null, got {self.classifier_norm!r}")
         set_("classifier_dropout", float(self.classifier_dropout))
         set_("alpha_init", float(self.alpha_init))
         self.sites  # noqa: B018 - validates channel flow and residual rules now
@@ -387,6 +390,41 @@ def scale_width(spec: NetworkSpec, multiplier: float, *, rounding: str = "round"
         return b.replace(**changes) if changes else b
 
     return map_blocks(spec, scale, name=name or spec.name)
+
+
+def _depth_key(block: BlockSpec) -> BlockSpec:
+    return block.replace(drop_path=0.0) if block.has("drop_path") else block
+
+
+def stage_depths(spec: NetworkSpec) -> Tuple[int, ...]:
+    """Per stage, the length of the trailing run of identical blocks (drop_path aside): its depth."""
+    out = []
+    for stage in spec.stages:
+        last, n = _depth_key(stage[-1]), 0
+        while n < len(stage) and _depth_key(stage[-1 - n]) == last:
+            n += 1
+        out.append(n)
+    return tuple(out)
+
+
+def scale_depth(spec: NetworkSpec, multiplier: float, *, rounding: str = "round",
+                name: Optional[str] = None) -> NetworkSpec:
+    """Multiply every stage's depth by ``multiplier`` (at least one block per stage).
+
+    A stage's depth is its trailing run of identical blocks (``stage_depths``); the blocks before
+    the run (a downsampling layer, a first block that changes stride or width) are kept once, and
+    the run becomes ``max(1, rounding(n * multiplier))`` copies of its last block (including its
+    ``drop_path``: re-apply a per-block rule afterwards). ``rounding`` as in ``scale_width``.
+    """
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier <= 0:
+        raise SpecError("multiplier", f"must be a positive number, got {multiplier!r}")
+    if rounding not in ROUNDINGS:
+        raise SpecError("rounding", f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDINGS)}")
+    rnd = ROUNDINGS[rounding]
+    stages = []
+    for stage, n in zip(spec.stages, stage_depths(spec)):
+        stages.append(tuple(stage[:len(stage) - n]) + (stage[-1],) * max(1, rnd(n * multiplier)))
+    return spec.replace(stages=tuple(stages), name=name or spec.name)
 
 
 def afrb_sites(spec: NetworkSpec) -> Tuple[Site, ...]:

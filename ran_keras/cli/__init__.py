@@ -11,6 +11,10 @@ from typing import List, Optional
 #: modules that contribute subcommands (each has ``register(subparsers)``); keep imports light
 COMMANDS = [
     "ran_keras.cli.zoo",
+    "ran_keras.cli.export",
+    "ran_keras.cli.scale",
+    "ran_keras.cli.train",
+    "ran_keras.cli.fold",
 ]
 
 
@@ -38,6 +42,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"ran {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `ran profile | head`: the reader is gone, stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -37,11 +37,19 @@ def emit_json(data: Any, dest: Optional[str]) -> None:
         print(f"wrote {dest}", file=sys.stderr)
 
 
-def positive_int(value: str) -> int:
+def _int_at_least(value: str, minimum: int, what: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}") from None
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}")
     return number
+
+
+def positive_int(value: str) -> int:
+    return _int_at_least(value, 1, "a positive integer")
+
+
+def nonneg_int(value: str) -> int:
+    return _int_at_least(value, 0, "an integer >= 0")

@@ -10,15 +10,15 @@ from typing import Any, Dict, List, Optional
 from ran_keras.cli.common import CliError, add_json_arg, emit_json, positive_int
 from ran_keras.report import fmt_count, fmt_pct, table
 
-PAPER_NOTE = ("paper: Bhardwaj et al. 2022, Tables 1-2 (224x224, 1000 classes). params include BN moving "
-              "statistics; MACs count conv, depthwise and dense layers.")
+PAPER_NOTE = ("paper: Bhardwaj et al. 2022 at 224x224, 1000 classes (source table per model: `ran list --json`). "
+              "params include BN moving statistics; MACs count conv, depthwise and dense layers.")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list the registered models",
                        description="List the registered models with our and the paper's params/MACs.")
     p.add_argument("pattern", nargs="?", help="shell pattern on model names, e.g. 'ran_e_*'")
-    p.add_argument("--family", help="only this family (ran_e, efficientnet_lite, resnet, repvgg, ...)")
+    p.add_argument("--family", help="only this family (ran_e, efficientnet_lite, resnet, repvgg, convnext, ran_i)")
     add_json_arg(p)
     p.set_defaults(func=cmd_list)
 
@@ -114,10 +114,12 @@ def cmd_profile(args) -> int:
         rows.append([prof.name, fmt_count(prof.params), paper.params if paper else "-",
                      fmt_pct(100 * (prof.params - pp) / pp) if pp else "-",
                      fmt_count(prof.trainable_params), fmt_count(prof.macs), paper.macs if paper else "-",
-                     fmt_pct(100 * (prof.macs - pm) / pm) if pm else "-", _match(prof, paper),
+                     fmt_pct(100 * (prof.macs - pm) / pm) if pm and prof.macs is not None else "-", _match(prof, paper),
                      prof.nonlinear_units])
-    h, w, c = results[0][1].input_shape
-    print(f"input {h}x{w}x{c}, {args.classes} classes" + (f", activation {args.activation}" if args.activation else ""))
+    first = results[0][1]
+    shape = "x".join("?" if d is None else str(d) for d in first.input_shape)
+    classes = first.classes if first.classes is not None else "no"
+    print(f"input {shape}, {classes} classes" + (f", activation {args.activation}" if args.activation else ""))
     print(table(["model", "params", "paper", "diff", "trainable", "MACs", "paper", "diff", "match",
                  "non-linear units"], rows))
     if any(paper for _, _, paper in results):
