@@ -85,7 +85,7 @@ class _Runner:
         self.sha256 = info.sha256
         with _quiet():
             self.interp = tf.lite.Interpreter(model_content=data, num_threads=threads)
-        self.interp.allocate_tensors()
+            self.interp.allocate_tensors()
         rng = np.random.default_rng(seed)
         for detail in self.interp.get_input_details():
             dtype = np.dtype(detail["dtype"])

@@ -20,14 +20,24 @@ from ran_keras.export.errors import ExportError
 DEFAULT_RANDOM_SAMPLES = 8
 
 
+#: lines the converter and interpreter print from C++ on every run; other stderr lines are kept
+_CPP_NOISE = (
+    "fully_quantize: ",
+    "Created TensorFlow Lite XNNPACK delegate",
+    "Estimated count of arithmetic ops",
+)
+
+
 @contextlib.contextmanager
 def _quiet():
-    """Silence the converter's Python warnings and absl deprecation notes while it runs."""
+    """Silence the converter's and interpreter's routine chatter (Python warnings, absl
+    deprecation notes, fixed C++ info lines) while they run; real errors still reach stderr."""
+    from ran_keras.backend import filtered_stderr
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), filtered_stderr(_CPP_NOISE):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -138,7 +148,7 @@ def run_tflite(tflite: bytes, images: np.ndarray, *, want_logits: bool = True,
     with _quiet():
         interp = tf.lite.Interpreter(model_content=tflite, num_threads=threads,
                                      experimental_preserve_all_tensors=kind == "logits")
-    interp.allocate_tensors()
+        interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     detail = next(d for d in interp.get_tensor_details() if d["index"] == out_index)
     results = []

@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import warnings
+from typing import Sequence
 
 _TF_WAS_LOADED = "tensorflow" in sys.modules
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -30,12 +31,13 @@ _STARTUP_NOISE = (
 
 
 @contextlib.contextmanager
-def _without_startup_noise():
-    """Capture file descriptor 2 while TensorFlow starts; write back all but the known noise.
+def filtered_stderr(noise: Sequence[str]):
+    """Capture file descriptor 2 (where TensorFlow's C++ side writes) and write back every line
+    that contains none of ``noise``: known chatter goes, warnings and errors stay.
 
-    Set RAN_KERAS_TF_STARTUP_LOGS=1 to see everything.
+    Set RAN_KERAS_TF_LOGS=1 to see everything.
     """
-    if os.environ.get("RAN_KERAS_TF_STARTUP_LOGS") == "1":
+    if os.environ.get("RAN_KERAS_TF_LOGS") == "1":
         yield
         return
     sys.stderr.flush()
@@ -50,14 +52,13 @@ def _without_startup_noise():
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode("utf-8", errors="replace")
-            kept = [line for line in text.splitlines(keepends=True)
-                    if not any(noise in line for noise in _STARTUP_NOISE)]
+            kept = [line for line in text.splitlines(keepends=True) if not any(n in line for n in noise)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
 
 
-with _without_startup_noise():
+with filtered_stderr(_STARTUP_NOISE):
     import tensorflow as tf  # noqa: E402
     import tf_keras as keras  # noqa: E402
 
@@ -72,4 +73,4 @@ if _TF_WAS_LOADED and not getattr(tf, "_tf_uses_legacy_keras", True):
         "layers into ran_keras models; import ran_keras first (or set TF_USE_LEGACY_KERAS=1).",
         RuntimeWarning, stacklevel=2)
 
-__all__ = ["tf", "keras", "layers"]
+__all__ = ["tf", "keras", "layers", "filtered_stderr"]

@@ -233,3 +233,18 @@ def test_cli_export_text_and_fp32(tmp_path, capsys, monkeypatch):
 def test_cli_export_errors(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cpp_chatter_is_dropped_and_other_stderr_lines_are_kept(capfd, monkeypatch):
+    import os
+    from ran_keras.backend import filtered_stderr
+    monkeypatch.delenv("RAN_KERAS_TF_LOGS", raising=False)
+    with filtered_stderr(("fully_quantize: ",)):
+        os.write(2, b"fully_quantize: 0, inference_type: 6\nreal converter error\n")
+    err = capfd.readouterr().err
+    assert "fully_quantize" not in err
+    assert "real converter error" in err
+    monkeypatch.setenv("RAN_KERAS_TF_LOGS", "1")
+    with filtered_stderr(("fully_quantize: ",)):
+        os.write(2, b"fully_quantize: 0\n")
+    assert "fully_quantize: 0" in capfd.readouterr().err
