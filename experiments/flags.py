@@ -9,7 +9,6 @@ when given on the command line.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -72,15 +71,6 @@ def config_from_flags(default_recipe: str = "ran_e", **forced: Any) -> TrainConf
     return resolve_config(recipe, overrides)
 
 
-def check_model(cfg: TrainConfig):
-    """The spec --model names (ConfigError if --model is missing); cheap, no TensorFlow."""
-    from ran_keras.recipes import ConfigError
-    from ran_keras.registry import resolve_spec
-    if not cfg.model:
-        raise ConfigError("--model is required: a registered model name (see `ran list`) or a spec .json file")
-    return resolve_spec(cfg.model)
-
-
 def help_text(program: str, summary: str, extra: Sequence[str] = ()) -> str:
     lines = [f"usage: {program} --model=MODEL --dataset=NAME --model_dir=DIR [--flag=value ...]", "", summary, "",
              "  --recipe: " + FLAGS["recipe"].help, "  --json: " + FLAGS["json"].help]
@@ -95,16 +85,10 @@ def help_text(program: str, summary: str, extra: Sequence[str] = ()) -> str:
 
 
 def emit_json(data: Any) -> None:
-    dest = FLAGS.json
-    if not dest:
-        return
-    text = json.dumps(data, indent=1) + "\n"
-    if dest == "-":
-        sys.stdout.write(text)
-    else:
-        from ran_keras import io
-        io.write_text(dest, text)
-        print(f"wrote {dest}", file=sys.stderr)
+    """Write ``data`` where --json says (a file, or '-' for stdout); nothing without --json."""
+    if FLAGS.json:
+        from ran_keras.cli.common import emit_json as emit
+        emit(data, FLAGS.json)
 
 
 def run_main(main: Callable[[List[str]], Optional[int]], argv: Sequence[str], program: str, summary: str,

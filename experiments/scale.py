@@ -10,17 +10,18 @@ ready for ``ran profile``, export and training. ``ran scale`` is the same sweep 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from absl import app, flags
 
+from ran_keras.scale import DEFAULT_SAMPLES, MAX_CANDIDATES, PAPER_DM, PAPER_WM
+
 FLAGS = flags.FLAGS
 
 #: flags this entry point shares with train/search when both are loaded in one process; their
 #: values may then default to None, so read them through ``_flag``
-_DEFAULTS = {"seed": 0, "classes": 1000}
+_DEFAULTS = {"classes": 1000}
 
 
 def _define() -> None:
@@ -34,11 +35,13 @@ def _define() -> None:
     define("list", "params", [], "parameter target per budget, e.g. 21e6,28e6,50e6 (or 21M,...)")
     define("bool", "paper_budgets", False, "use the paper's H1/H2/H3 budgets (Sec. 3.4)")
     define("string", "tolerance", "2%", "how far from each target a candidate may be (2% or 0.02)")
-    define("string", "wm", "0.25:1.6", "width multiplier range LO:HI")
-    define("string", "dm", "0.6:2.56", "depth multiplier range LO:HI")
-    define("integer", "samples", 800, "random (wm, dm) samples (ignored with --grid)")
-    define("integer", "seed", 0, "random seed for the samples")
-    define("string", "grid", None, "grid step STEP or WSTEP,DSTEP instead of random samples")
+    define("string", "wm", None, "width multiplier range LO:HI (default %g:%g, the paper's)" % PAPER_WM)
+    define("string", "dm", None, "depth multiplier range LO:HI (default %g:%g, the paper's)" % PAPER_DM)
+    define("integer", "samples", None, f"random (wm, dm) samples (default {DEFAULT_SAMPLES}; at most "
+                                       f"{MAX_CANDIDATES:,}; not with --grid)")
+    define("integer", "seed", None, "random seed for --samples (default 0; not with --grid)")
+    define("string", "grid", None, f"grid step STEP or WSTEP,DSTEP instead of random samples (at most "
+                                   f"{MAX_CANDIDATES:,} points)")
     define("list", "min_width", [], "narrowest stage must have at least this many channels (Corollary 1): one "
                                     "value for all budgets or one per budget, e.g. 64 or 64,76,87")
     define("integer", "top", 5, "candidates to report per budget")
@@ -55,6 +58,11 @@ def _flag(name: str):
     return _DEFAULTS.get(name) if value is None else value
 
 
+def _given(name: str):
+    """The flag's value if given on the command line, else None (a shared flag's default may differ)."""
+    return getattr(FLAGS, name) if FLAGS[name].present else None
+
+
 _define()
 
 
@@ -69,38 +77,36 @@ def main(argv) -> int:
 
 def _main(argv) -> int:
     del argv
-    from ran_keras import io, registry, scale
+    from ran_keras import registry, scale
+    from ran_keras.cli.common import emit_json
 
     if not FLAGS.out_dir:
         raise scale.ScaleError("--out_dir is required: the folder for candidates.csv, sweep.json, the plot "
                                "and the chosen specs")
-    if FLAGS.samples < 1:
-        raise scale.ScaleError(f"--samples must be a positive integer, got {FLAGS.samples}")
+    for name in ("top", "input_size", "classes"):
+        value = _flag(name)
+        if value is not None and value < 1:
+            raise scale.ScaleError(f"--{name} must be a positive integer, got {value}")
     min_width = scale.parse_widths(",".join(FLAGS.min_width), "--min_width") if FLAGS.min_width else None
-    tolerance = scale.parse_tolerance(FLAGS.tolerance, "--tolerance")
-    if FLAGS.paper_budgets:
-        if FLAGS.macs or FLAGS.params:
-            raise scale.ScaleError("--paper_budgets sets --macs and --params itself; give one or the other")
-        budgets = scale.paper_budgets(tolerance, min_width)
-    else:
-        budgets = scale.make_budgets([scale.parse_count(v, "--macs") for v in FLAGS.macs],
-                                     [scale.parse_count(v, "--params") for v in FLAGS.params], tolerance,
-                                     min_width=min_width)
-    grid = scale.parse_grid(FLAGS.grid) if FLAGS.grid else None
+    budgets = scale.budgets_from_options([scale.parse_count(v, "--macs") for v in FLAGS.macs],
+                                         [scale.parse_count(v, "--params") for v in FLAGS.params],
+                                         paper=FLAGS.paper_budgets,
+                                         tolerance=scale.parse_tolerance(FLAGS.tolerance, "--tolerance"),
+                                         min_width=min_width, sep="_")
+    options = scale.sweep_options(
+        wm=scale.parse_range(FLAGS.wm, "--wm") if FLAGS.wm else scale.PAPER_WM,
+        dm=scale.parse_range(FLAGS.dm, "--dm") if FLAGS.dm else scale.PAPER_DM,
+        samples=_given("samples"), seed=_given("seed"), grid=scale.parse_grid(FLAGS.grid) if FLAGS.grid else None)
     base = registry.resolve_spec(FLAGS.base)
-    scale.check_output_names(base, FLAGS.prefix, FLAGS.drop_path)
-    result = scale.run_sweep(base, budgets, wm=scale.parse_range(FLAGS.wm, "--wm"),
-                             dm=scale.parse_range(FLAGS.dm, "--dm"), samples=FLAGS.samples, seed=_flag("seed"),
-                             grid=grid, input_size=FLAGS.input_size,
-                             classes=_flag("classes"))
+    scale.check_output_names(base, FLAGS.prefix, FLAGS.drop_path, sep="_")
+    result = scale.run_sweep(base, budgets, **options, input_size=FLAGS.input_size, classes=_flag("classes"))
     out = Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     marks = scale.model_marks(FLAGS.mark, FLAGS.input_size, _flag("classes")) if FLAGS.mark else ()
     written = scale.write_outputs(result, csv_path=out / "candidates.csv", plot_path=out / "nnmass_vs_macs.png",
                                   spec_dir=out / "specs", prefix=FLAGS.prefix, drop_path=FLAGS.drop_path, marks=marks)
-    summary = dict(result.to_dict(FLAGS.top), written=written)
-    io.write_text(out / "sweep.json", json.dumps(summary, indent=1) + "\n")
-    print(scale.format_report(result, FLAGS.top))
+    emit_json(dict(result.to_dict(FLAGS.top), written=written), str(out / "sweep.json"))
+    print(scale.format_report(result, FLAGS.top, sep="_"))
     print(f"wrote {out}/: candidates.csv, sweep.json, nnmass_vs_macs.png, specs/ ({len(written['specs'])} specs)",
           file=sys.stderr)
     return 0

@@ -30,7 +30,8 @@ if "lambdas" not in FLAGS:
                                        f"--demo default: {','.join(DEMO_LAMBDAS)}")
     flags.DEFINE_list("band", ["0.8", "1.3"], "collapse an AFRB whose final alpha is in [low, high]")
     flags.DEFINE_string("derived_activation", "hard_swish", "activation of the derived subnetwork")
-    flags.DEFINE_string("derived_name", None, "name of the derived spec (default <supernet>_lam<lambda>)")
+    flags.DEFINE_string("derived_name", None, "name of the derived spec (default <supernet>_lam<lambda>); "
+                                              "one search only (refused with --lambdas or --demo's sweep)")
     flags.DEFINE_integer("alpha_log_every", 1, "log the alphas every N steps", lower_bound=1)
     flags.DEFINE_integer("retrain_epochs", 0, "then train each derived subnetwork from scratch for N epochs "
                                               "(same recipe) and report its held-out accuracy", lower_bound=0)
@@ -61,6 +62,7 @@ def _floats(values: Sequence[str], flag: str) -> List[float]:
 
 def main(argv: List[str]) -> int:
     from ran_keras import search
+    from ran_keras.recipes import model_spec
     demo = FLAGS.demo
     forced = {}
     spec = None
@@ -70,19 +72,21 @@ def main(argv: List[str]) -> int:
         forced["model_dir"] = "runs/digits_search"
     cfg = flags_lib.config_from_flags("digits" if demo else "ran_e", **forced)
     if spec is None:
-        spec = flags_lib.check_model(cfg)
+        spec = model_spec(cfg)          # a bad --model fails before TensorFlow starts
         search.require_afrbs(spec)
     band = search.check_band(_floats(FLAGS.band, "band"))
     lambdas = FLAGS.lambdas if FLAGS.lambdas is not None else (
         list(DEMO_LAMBDAS) if demo and not FLAGS["lambda"].present else None)
     fold = FLAGS.fold if FLAGS.fold is not None else demo
-    common = dict(band=band, derived_activation=FLAGS.derived_activation, alpha_log_every=FLAGS.alpha_log_every,
-                  retrain_epochs=FLAGS.retrain_epochs, fold=fold)
+    # run_sweep / run_search check every value (each lambda, --derived_name, --derived_activation)
+    # before the first step is trained
+    common = dict(band=band, derived_name=FLAGS.derived_name, derived_activation=FLAGS.derived_activation,
+                  alpha_log_every=FLAGS.alpha_log_every, retrain_epochs=FLAGS.retrain_epochs, fold=fold)
     if lambdas:
         results = search.run_sweep(cfg, spec, lambdas=_floats(lambdas, "lambdas"), **common)
         flags_lib.emit_json([r.to_dict() for r in results])
     else:
-        result = search.run_search(cfg, spec, lam=FLAGS["lambda"].value, derived_name=FLAGS.derived_name, **common)
+        result = search.run_search(cfg, spec, lam=FLAGS["lambda"].value, **common)
         flags_lib.emit_json(result.to_dict())
     return 0
 

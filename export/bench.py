@@ -141,7 +141,3 @@ def ab_bench(a: PathOrBytes, b: PathOrBytes, *, threads: int = 1, runs: int = 50
     return ABResult(BenchResult(ra.name, ra.sha256, ra.dtype, threads, runs, warmup, la),
                     BenchResult(rb.name, rb.sha256, rb.dtype, threads, runs, warmup, lb))
 
-
-def ab_ratio(a: PathOrBytes, b: PathOrBytes, **kwargs) -> float:
-    """FPS(A) / FPS(B) from an interleaved run (see ``ab_bench``)."""
-    return ab_bench(a, b, **kwargs).ratio

@@ -16,19 +16,19 @@ model's input mean/std (``ran_keras.data.normalize``), exactly as at inference t
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ran_keras import data
 from ran_keras.export.errors import CalibrationError
 
-KINDS = ("photos", "random", "folder", "tfds")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+IMAGE_SUFFIXES = data.IMAGE_SUFFIXES
 DEFAULT_SOURCE = "photos"
 DEFAULT_COUNT = 8
 
@@ -90,8 +90,8 @@ def center_crop_resize(image: np.ndarray, size: int, channels: int) -> np.ndarra
     return np.clip(np.rint(small), 0, 255).astype(np.uint8)
 
 
-def _folder_images(path: str, count: int, size: int, channels: int) -> Tuple[np.ndarray, Dict[str, Any]]:
-    from PIL import Image
+def _image_files(path: str) -> List[Path]:
+    """The image files of a calibration folder, sorted by name (at least one)."""
     folder = Path(path)
     if not folder.is_dir():
         raise CalibrationError(f"calibration folder {path!r} does not exist or is not a directory")
@@ -99,6 +99,21 @@ def _folder_images(path: str, count: int, size: int, channels: int) -> Tuple[np.
     if not files:
         raise CalibrationError(f"calibration folder {path!r} has no image files "
                                f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def fingerprint(source, count: int) -> Optional[List[List[str]]]:
+    """[name, sha256] of the images a folder source gives for ``count`` samples (for cache keys:
+    the source string alone does not change when the images do); None for the other sources."""
+    src = source if isinstance(source, Source) else parse_source(source)
+    if src.kind != "folder":
+        return None
+    return [[p.name, hashlib.sha256(p.read_bytes()).hexdigest()] for p in _image_files(src.path)[:count]]
+
+
+def _folder_images(path: str, count: int, size: int, channels: int) -> Tuple[np.ndarray, Dict[str, Any]]:
+    from PIL import Image
+    files = _image_files(path)
     images = []
     for p in files[:count]:
         try:

@@ -44,4 +44,11 @@ class VelaError(RanError):
 
 
 class CpuOpsError(RanError):
-    """--fail-on-cpu-ops: the compiled model runs some operators on the CPU."""
+    """--fail-on-cpu-ops: the compiled model runs some operators on the CPU.
+
+    ``document`` is the finished ``ran hwtable`` document (its files are written) when
+    ``hwtable.run`` raised it, else None."""
+
+    def __init__(self, message: str, document=None):
+        super().__init__(message)
+        self.document = document

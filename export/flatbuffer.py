@@ -39,7 +39,6 @@ class TensorInfo:
     shape: Tuple[int, ...]
     scale: Optional[float] = None
     zero_point: Optional[int] = None
-    is_constant: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "name": self.name, "dtype": self.dtype, "shape": list(self.shape),
@@ -125,11 +124,9 @@ def inspect_tflite(path_or_bytes: Union[bytes, bytearray, str, os.PathLike]) -> 
         scale = zero = None
         if q is not None and q.ScaleLength() > 0:
             scale, zero = float(q.Scale(0)), int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
-        buf = model.Buffers(t.Buffer()) if t.Buffer() < model.BuffersLength() else None
-        constant = bool(buf is not None and (buf.DataLength() > 0 or buf.Offset() > 0))
         info.tensors.append(TensorInfo(i, t.Name().decode(errors="replace"), type_names.get(t.Type(), str(t.Type())),
                                        tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else (),
-                                       scale, zero, constant))
+                                       scale, zero))
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         ins = tuple(int(v) for v in op.InputsAsNumpy()) if op.InputsLength() else ()

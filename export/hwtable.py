@@ -4,10 +4,13 @@ For each model: build it from its spec with seeded weights, export int8 TFLite (
 the offline photos), compile it with Vela for each target, and put our params/MACs/FPS beside
 the paper's. FPS is normalised to EfficientNet-Lite-B0 on the same target, as the paper does.
 
-Conversions run in worker processes (TensorFlow is imported there, not in the caller) and Vela
-compiles run as subprocesses in parallel threads, started as soon as their model is converted.
-Converted models are cached in ``<output>/tflite`` keyed by spec, input size, seed,
-calibration and software versions, so a second run only recompiles.
+With ``jobs > 1`` and more than one model to convert, conversions run in spawned worker
+processes and the caller does not import TensorFlow; otherwise (``jobs == 1``, or a single
+conversion) the caller converts in-process and imports it. Vela compiles run as subprocesses in
+parallel threads, started as soon as their model is converted. Converted models are cached in
+``<output>/tflite`` keyed by spec, input size, classes, seed, calibration source (and, for a
+folder, the names and contents of the images used), samples, per-channel and compare flags, and
+software versions, so a second run only recompiles.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ DEFAULT_MODELS = ("efficientnet_lite_b0", "efficientnet_lite_b0_hswish", "ran_e_
                   "ran_e_a", "ran_e_b", "ran_e_c", "ran_e_gt", "resnet18", "repvgg_a0")
 DEFAULT_TARGETS = ("u55-128", "u65-256", "u65-256-384k")
 REFERENCE = "efficientnet_lite_b0"
+#: --activation values: each model's own, or one of these everywhere (aliases such as hswish work)
+ACTIVATIONS = ("default", "relu6", "hard_swish")
 FORMAT = "ran-keras-hwtable"
 #: bump when the conversion recipe changes, so cached .tflite files are not reused
 RECIPE = 1
@@ -58,6 +63,10 @@ class Settings:
     cache: bool = True
     fail_on_cpu_ops: bool = False
 
+    def __post_init__(self) -> None:
+        self.activation = check_activation(self.activation)
+        cal.parse_source(self.calibration)  # a bad source fails before anything is built
+
     def public(self) -> Dict[str, Any]:
         """What the results depend on (not how they were scheduled)."""
         out = asdict(self)
@@ -65,6 +74,20 @@ class Settings:
             out.pop(key)
         out["models"], out["targets"] = list(self.models), list(self.targets)
         return out
+
+
+def check_activation(name: str) -> str:
+    """'default', 'relu6' or 'hard_swish' (aliases canonicalised); anything else is an error."""
+    from ran_keras.errors import SpecError
+    from ran_keras.export.pipeline import canonical_activation
+    try:
+        act = canonical_activation(name) or "default"
+    except SpecError:
+        act = None
+    if act not in ACTIVATIONS:
+        raise ExportError(f"hwtable activation must be one of {', '.join(ACTIVATIONS)} (default: each model's "
+                          f"own; aliases such as hswish are accepted), got {name!r}")
+    return act
 
 
 def software_versions() -> Dict[str, Optional[str]]:
@@ -117,6 +140,7 @@ def _sha256(data: bytes) -> str:
 def cache_key(spec_dict: Dict[str, Any], settings: Settings, versions: Dict[str, Any]) -> str:
     payload = {"recipe": RECIPE, "spec": spec_dict, "input_size": settings.input_size, "classes": settings.classes,
                "seed": settings.seed, "calibration": settings.calibration, "samples": settings.samples,
+               "calibration_images": cal.fingerprint(settings.calibration, settings.samples),
                "per_channel": settings.per_channel, "compare": settings.compare, "versions": versions}
     return _sha256(json.dumps(payload, sort_keys=True).encode())
 
@@ -152,7 +176,6 @@ def _worker_init(threads: int, log_dir: Optional[str] = None) -> None:
     chatter (C++ log lines, the converter's prints) to ``log_dir/worker-<pid>.log``; errors still
     reach the caller as exceptions."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
     if log_dir:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         fd = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -178,34 +201,30 @@ class Row:
     targets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
-def _plan(settings: Settings) -> Tuple[List[Tuple[str, Any]], Optional[str]]:
-    """[(label, spec)] for the models (plus the reference when missing) and the reference label."""
-    from ran_keras.export.pipeline import is_keras_file, model_label, resolve_spec_for
+def _plan(settings: Settings) -> Tuple[List[Tuple[str, Any, Any]], str]:
+    """[(label, model argument, spec)] for the models (the reference first when not listed) and the
+    reference label."""
+    from ran_keras.export.pipeline import resolve_model_arg
     specs = []
     seen = set()
     for ref in settings.models:
-        if is_keras_file(ref):
-            raise ExportError(f"hwtable builds models from specs (registered names or spec .json files), got "
-                              f"{ref!r}; for a saved Keras model use `ran export` and `ran vela`")
-        spec, _ = resolve_spec_for(ref, settings.activation)
-        label = model_label(spec.name, settings.activation)
-        if label in seen:
+        m = resolve_model_arg(ref, settings.activation, command="ran hwtable", keras=False)
+        if m.label in seen:
             raise ExportError(f"model {ref!r} is listed twice")
-        seen.add(label)
-        specs.append((label, ref, spec))
-    ref_spec, _ = resolve_spec_for(REFERENCE, settings.activation)
-    ref_label = model_label(ref_spec.name, settings.activation)
-    if ref_label not in seen:
-        specs.insert(0, (ref_label, REFERENCE, ref_spec))
-    return [(label, ref, spec) for label, ref, spec in specs], ref_label
+        seen.add(m.label)
+        specs.append((m.label, ref, m.spec))
+    reference = resolve_model_arg(REFERENCE, settings.activation)
+    if reference.label not in seen:
+        specs.insert(0, (reference.label, REFERENCE, reference.spec))
+    return specs, reference.label
 
 
 def _paper(ref) -> Optional[Dict[str, Any]]:
+    """The paper's figures of a registered model (``PaperFigures.to_dict``), else None."""
     from ran_keras import registry
-    if isinstance(ref, str) and registry.is_registered(ref) and registry.get_entry(ref).paper is not None:
-        p = registry.get_entry(ref).paper
-        return {"params": p.params, "macs": p.macs, "params_value": p.params_value, "macs_value": p.macs_value,
-                "fps_u55": p.fps_u55, "fps_u65": p.fps_u65, "source": p.source}
+    if isinstance(ref, str) and registry.is_registered(ref):
+        paper = registry.get_entry(ref).paper
+        return paper.to_dict() if paper is not None else None
     return None
 
 
@@ -318,8 +337,8 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
     if settings.fail_on_cpu_ops and cpu_total:
         from ran_keras.export.errors import CpuOpsError
         raise CpuOpsError(f"{cpu_total} operator(s) fall back to the CPU: " + "; ".join(
-            f"{m['label']} on {t}: {', '.join(o['op'] for o in e['cpu_ops'])}"
-            for m in doc["models"] for t, e in m["targets"].items() if e["cpu_ops"]))
+            f"{m['label']} on {t} ({e['cpu_op_count']}): {', '.join(o['op'] for o in e['cpu_ops'])}"
+            for m in doc["models"] for t, e in m["targets"].items() if e["cpu_ops"]), document=doc)
     return doc
 
 
@@ -374,16 +393,12 @@ def _document(settings: Settings, rows: Dict[str, Row], targets, ref_label: str,
 
 # --- output files -------------------------------------------------------------------------------
 
-def _pct(x: Optional[float]) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
-
-
 def _x(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
 def table_rows(doc: Dict[str, Any]) -> Tuple[List[str], List[List[Any]]]:
-    from ran_keras.report import fmt_count
+    from ran_keras.report import fmt_count, fmt_pct
     targets = list(doc["targets"])
     headers = ["model", "act", "params", "paper", "MACs", "paper"]
     for t in targets:
@@ -397,7 +412,7 @@ def table_rows(doc: Dict[str, Any]) -> Tuple[List[str], List[List[Any]]]:
         for t in targets:
             e = m["targets"][t]
             row += [f"{e['inferences_per_second']:.1f}", _x(e["fps_normalised"]), _x(e["paper_fps_normalised"]),
-                    _pct(e["utilisation"])]
+                    fmt_pct(100 * e["utilisation"], digits=0, signed=False)]
         row.append("/".join(str(m["targets"][t]["cpu_op_count"]) for t in targets))
         rows.append(row)
     return headers, rows

@@ -7,10 +7,11 @@ with the Keras model on the calibration images, write the file atomically.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ran_keras import io
 from ran_keras.export import calibration as cal
@@ -18,6 +19,106 @@ from ran_keras.export.errors import ExportError
 from ran_keras.export.flatbuffer import TFLiteInfo, check_integer_only, inspect_tflite
 
 KERAS_SUFFIXES = (".keras", ".h5")
+SPEC_SUFFIX = ".json"
+TFLITE_SUFFIX = ".tflite"
+#: model files of other frameworks: named in the error instead of "unknown model"
+FOREIGN_SUFFIXES = (".onnx", ".pb", ".pbtxt", ".pt", ".pth", ".ckpt", ".mlmodel", ".safetensors")
+
+
+def file_kind(ref) -> Optional[str]:
+    """What a MODEL argument looks like (suffixes in any case): 'tflite', 'keras', 'spec' (a .json,
+    another path or an existing file), 'foreign' (another framework's file, or an unknown suffix),
+    or None for a model name (and for dicts / NetworkSpecs)."""
+    if not isinstance(ref, (str, os.PathLike)):
+        return None
+    text = os.fspath(ref)
+    suffix = Path(text).suffix.lower()
+    if suffix == TFLITE_SUFFIX:
+        return "tflite"
+    if suffix in KERAS_SUFFIXES:
+        return "keras"
+    if suffix in FOREIGN_SUFFIXES:
+        return "foreign"
+    if (suffix == SPEC_SUFFIX or isinstance(ref, os.PathLike) or "/" in text or os.sep in text
+            or os.path.isfile(text)):
+        return "spec"
+    if suffix:
+        from ran_keras import registry
+        return None if registry.is_registered(text) else "foreign"
+    return None
+
+
+def canonical_activation(activation: Optional[str]) -> Optional[str]:
+    """None for the model's own activations (None or 'default'), else the canonical name
+    ('hswish' -> 'hard_swish'); an unknown name raises SpecError listing the accepted ones."""
+    if activation is None or (isinstance(activation, str) and activation.strip().lower() == "default"):
+        return None
+    from ran_keras.activations import canonical
+    return canonical(activation, "--activation")
+
+
+def model_label(spec_name: str, activation: Optional[str]) -> str:
+    """The name of a model in reports and file names: the spec's, plus ``_<activation>`` when one
+    replaces the model's own (canonical spelling: ``ran_e_gt_hard_swish``, never ``_default``)."""
+    act = canonical_activation(activation)
+    return spec_name if act is None else f"{spec_name}_{act}"
+
+
+def output_name(label: str, int8: bool = True) -> str:
+    """Default .tflite file name of an export: ``<label>_int8.tflite`` or ``<label>_fp32.tflite``."""
+    return f"{label}_{'int8' if int8 else 'fp32'}.tflite"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a MODEL argument names, resolved without TensorFlow."""
+    origin: str                     # 'registered' | 'spec' | 'keras' | 'tflite'
+    label: str                      # name used in reports and file names
+    spec: Any = None                # NetworkSpec, activation applied (registered / spec)
+    path: Optional[Path] = None     # saved Keras model / .tflite file
+    activation: Optional[str] = None  # canonical replacement activation; None = the model's own
+
+
+def _accepted(tflite: bool, keras: bool) -> str:
+    kinds = (["a .tflite file"] if tflite else []) + ["a registered name", "a spec .json"] + (
+        ["a .keras/.h5 model"] if keras else [])
+    return ", ".join(kinds[:-1]) + " or " + kinds[-1]
+
+
+def resolve_model_arg(ref, activation: Optional[str] = None, *, command: str = "ran export",
+                      tflite: bool = False, keras: bool = True) -> ModelRef:
+    """Resolve a MODEL argument: a registered name, a spec .json path (or dict / NetworkSpec), a
+    saved .keras/.h5 model, and with ``tflite`` a .tflite file. ``activation`` replaces every
+    non-linearity of a spec (not of saved models). Suffixes are matched in any case; a file-like
+    argument of the wrong kind, or one that does not exist, gets an error saying what
+    ``command`` accepts. TensorFlow is not imported."""
+    from ran_keras import registry
+    from ran_keras.spec import with_activation
+    act = canonical_activation(activation)
+    kind = file_kind(ref)
+    accepted = _accepted(tflite, keras)
+    if kind == "foreign" or (kind == "tflite" and not tflite):
+        what = (("already a TFLite file" if command == "ran export" else "a TFLite file") if kind == "tflite" else
+                "neither a registered model nor a model file ran-keras reads")
+        hint = " (use `ran vela` or `ran bench-cpu` on .tflite files)" if kind == "tflite" else ""
+        raise ExportError(f"{os.fspath(ref)!r} is {what}; `{command}` takes {accepted}{hint}")
+    if kind == "keras" and not keras:
+        raise ExportError(f"{os.fspath(ref)!r} is a saved Keras model; `{command}` builds models from specs and "
+                          f"takes {accepted} (use `ran export` and `ran vela` for saved Keras models)")
+    if kind in ("tflite", "keras"):
+        path = Path(ref)
+        if not path.is_file():
+            what = "TFLite file" if kind == "tflite" else "model file"
+            raise FileNotFoundError(f"{what} {os.fspath(ref)!r} does not exist; `{command}` takes {accepted}")
+        if act is not None:
+            what = ".tflite files" if kind == "tflite" else "saved Keras models"
+            raise ExportError(f"--activation applies to specs, not to {what} ({os.fspath(ref)!r})")
+        return ModelRef(kind, path.stem, path=path)
+    spec = registry.resolve_spec(Path(ref) if kind == "spec" else ref)
+    origin = "registered" if kind is None and isinstance(ref, str) and registry.is_registered(ref) else "spec"
+    if act is not None:
+        spec = with_activation(spec, act)
+    return ModelRef(origin, model_label(spec.name, act), spec, activation=act)
 
 
 @dataclass
@@ -28,53 +129,39 @@ class ResolvedModel:
     spec: Any = None                # NetworkSpec (None for a saved Keras model)
 
 
-def is_keras_file(ref) -> bool:
-    return isinstance(ref, (str, Path)) and str(ref).endswith(KERAS_SUFFIXES)
-
-
-def resolve_spec_for(ref, activation: Optional[str] = None):
-    """(spec, origin) for a registered name / spec path / dict / NetworkSpec, activation applied."""
-    from ran_keras import registry
-    from ran_keras.spec import NetworkSpec, with_activation
-    spec = registry.resolve_spec(ref)
-    origin = "registered" if isinstance(ref, str) and registry.is_registered(ref) else "spec"
-    if isinstance(ref, NetworkSpec):
-        origin = "spec"
-    if activation not in (None, "default"):
-        spec = with_activation(spec, activation)
-    return spec, origin
-
-
-def model_label(spec_name: str, activation: Optional[str]) -> str:
-    return spec_name if activation in (None, "default") else f"{spec_name}_{activation}"
+def default_output(ref, activation: Optional[str] = None, int8: bool = True, folder=".") -> Path:
+    """``folder/<label>_int8.tflite`` (or ``_fp32``) for a MODEL argument."""
+    return Path(folder) / output_name(resolve_model_arg(ref, activation).label, int8)
 
 
 def resolve_model(ref, *, input_size: Optional[int] = None, classes: int = 1000,
                   activation: Optional[str] = None, seed: int = 0) -> ResolvedModel:
     """Build (or load) the model to export. A Keras model object is used as it is."""
-    from ran_keras.backend import keras
-    if isinstance(ref, keras.Model):
-        if activation not in (None, "default"):
+    if not isinstance(ref, (str, os.PathLike, Mapping)) and _is_keras_model(ref):
+        if canonical_activation(activation) is not None:
             raise ExportError("activation applies to specs, not to an already built Keras model")
         return ResolvedModel(ref, ref.name, "keras")
-    if is_keras_file(ref):
-        if activation not in (None, "default"):
-            raise ExportError("--activation applies to specs, not to saved Keras models")
+    resolved = resolve_model_arg(ref, activation)
+    if resolved.origin == "keras":
         from ran_keras.builder import load_model
-        model = load_model(ref)
+        model = load_model(resolved.path)
         if input_size is not None:
             from ran_keras.export.tflite import input_shape_of
             h, w, _ = input_shape_of(model)
             if (h, w) != (input_size, input_size):
                 raise ExportError(f"{ref} was saved with a {h}x{w} input; --input-size {input_size} cannot "
                                   "change a saved model (rebuild it from its spec instead)")
-        return ResolvedModel(model, Path(ref).stem, "keras")
-    spec, origin = resolve_spec_for(ref, activation)
+        return ResolvedModel(model, resolved.label, "keras")
+    spec = resolved.spec
     size = input_size or spec.input_size
     from ran_keras.builder import build_model
-    label = model_label(spec.name, activation)
     model = build_model(spec, (size, size, spec.input_channels), classes=classes, seed=seed)
-    return ResolvedModel(model, label, origin, spec)
+    return ResolvedModel(model, resolved.label, resolved.origin, spec)
+
+
+def _is_keras_model(obj) -> bool:
+    from ran_keras.backend import keras
+    return isinstance(obj, keras.Model)
 
 
 @dataclass
@@ -82,7 +169,6 @@ class ExportResult:
     tflite: bytes
     info: TFLiteInfo
     report: Dict[str, Any] = field(default_factory=dict)
-    path: Optional[Path] = None
 
 
 def export_model(ref, output=None, *, input_size: Optional[int] = None, classes: int = 1000,
@@ -116,20 +202,19 @@ def export_model(ref, output=None, *, input_size: Optional[int] = None, classes:
     if int8:
         check_integer_only(info, f"the int8 export of {resolved.label}")
     agreement = compare_with_keras(resolved.model, data, images) if compare else None
+    act = canonical_activation(activation)
     report: Dict[str, Any] = {
         "model": resolved.label, "origin": resolved.origin,
         "spec": resolved.spec.name if resolved.spec is not None else None,
-        "activation": activation or "default", "input_shape": [h, w, c],
+        "activation": act or "default", "input_shape": [h, w, c],
         "classes": int(resolved.model.output_shape[-1]) if resolved.model.output_shape else None,
         "seed": seed, "quantization": "int8" if int8 else "fp32",
         "weights": ("per-channel" if per_channel else "per-tensor") if int8 else "float32",
         "calibration": calib_info if int8 else None,
         "tflite": info.to_dict(), "integer_only": info.is_integer_only, "agreement": agreement,
     }
-    path = None
     if output is not None:
-        path = io.write_bytes(output, data)
-        report["output"] = str(path)
+        report["output"] = str(io.write_bytes(output, data))
     say(f"exported {resolved.label}: {info.size_bytes / 1e6:.2f} MB, {len(info.ops)} ops "
         f"in {time.perf_counter() - t0:.1f} s")
-    return ExportResult(data, info, report, path)
+    return ExportResult(data, info, report)

@@ -131,8 +131,7 @@ def _keras_logits(model, images: np.ndarray, batch: int = 8) -> Tuple[np.ndarray
     return out.reshape(len(images), -1), "logits" if head else "outputs"
 
 
-def run_tflite(tflite: bytes, images: np.ndarray, *, want_logits: bool = True,
-               threads: int = 1) -> Tuple[np.ndarray, str]:
+def run_tflite(tflite: bytes, images: np.ndarray, *, want_logits: bool = True) -> Tuple[np.ndarray, str]:
     """Run a TFLite model on float images (quantising them for an int8 input); dequantised results.
 
     With ``want_logits`` and a final SOFTMAX op, returns the softmax's input (the logits).
@@ -146,7 +145,7 @@ def run_tflite(tflite: bytes, images: np.ndarray, *, want_logits: bool = True,
     if want_logits and producer is not None and producer.op == "SOFTMAX":
         out_index, kind = producer.inputs[0], "logits"
     with _quiet():
-        interp = tf.lite.Interpreter(model_content=tflite, num_threads=threads,
+        interp = tf.lite.Interpreter(model_content=tflite, num_threads=1,
                                      experimental_preserve_all_tensors=kind == "logits")
         interp.allocate_tensors()
     inp = interp.get_input_details()[0]

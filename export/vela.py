@@ -374,8 +374,7 @@ def _vela_command(tflite: Path, tgt: Target, out_dir: Path, verbose_performance:
 
 def run_vela(tflite_path, target, output_dir, *, verbose_performance: bool = True,
              fail_on_cpu_ops: bool = False, optimise: Optional[str] = None, config: Optional[str] = None,
-             arena_cache_size: Optional[int] = None, extra_args=(), timeout: float = 600,
-             check_int8: bool = True) -> VelaReport:
+             arena_cache_size: Optional[int] = None, extra_args=(), timeout: float = 600) -> VelaReport:
     """Compile ``tflite_path`` for ``target`` into ``output_dir`` and return what it costs.
 
     ``target`` is a named target, 'ACCELERATOR:SYSTEM:MEMORY', a dict or a Target. Files Vela
@@ -392,7 +391,7 @@ def run_vela(tflite_path, target, output_dir, *, verbose_performance: bool = Tru
     if not tflite.is_file():
         raise FileNotFoundError(f"TFLite file {str(tflite)!r} does not exist")
     info = inspect_tflite(tflite)
-    if check_int8 and info.float_tensors:
+    if info.float_tensors:
         kinds = sorted({t.dtype for t in info.float_tensors})
         raise FloatTensorError(
             f"{tflite} is a float model ({len(info.float_tensors)} {'/'.join(kinds)} tensors, e.g. "

@@ -58,14 +58,16 @@ RANDAUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", 
                    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX",
                    "TranslateY")
 
-#: level 0 -> level 10, linear in between (the AutoAugment paper's ranges; geometric ops get a
-#: random sign)
-LEVEL_RANGES = {
-    "Rotate": "0 -> 30 degrees", "ShearX": "0 -> 0.3", "ShearY": "0 -> 0.3",
-    "TranslateX": "0 -> 0.45 of the width", "TranslateY": "0 -> 0.45 of the height",
-    "Color": "factor 0.1 -> 1.9", "Contrast": "factor 0.1 -> 1.9", "Brightness": "factor 0.1 -> 1.9",
-    "Sharpness": "factor 0.1 -> 1.9", "Posterize": "keep 4 -> 8 bits", "Solarize": "threshold 0 -> 256",
-    "SolarizeAdd": "add 0 -> 110 to pixels below 128",
+#: (value at level 0, value at level 10), linear in between: the AutoAugment paper's ranges, used by
+#: ``apply_op``. Rotate in degrees; Shear as the shear factor; Translate as a fraction of the width
+#: (X) or height (Y); Color/Contrast/Brightness/Sharpness as the blend factor; Posterize as the bits
+#: kept (rounded down); Solarize as the threshold; SolarizeAdd as what is added to pixels below 128.
+#: Geometric ops (Rotate, Shear, Translate) get a random sign.
+LEVEL_RANGES: Dict[str, Tuple[float, float]] = {
+    "Rotate": (0.0, 30.0), "ShearX": (0.0, 0.3), "ShearY": (0.0, 0.3),
+    "TranslateX": (0.0, 0.45), "TranslateY": (0.0, 0.45),
+    "Color": (0.1, 1.9), "Contrast": (0.1, 1.9), "Brightness": (0.1, 1.9), "Sharpness": (0.1, 1.9),
+    "Posterize": (4.0, 8.0), "Solarize": (0.0, 256.0), "SolarizeAdd": (0.0, 110.0),
 }
 
 
@@ -209,36 +211,37 @@ def rotate(image, degrees):
 
 def apply_op(name: str, image, level, seed):
     """Apply op ``name`` at ``level`` (0-10, float tensor); ``seed`` decides random signs."""
-    level = tf.cast(level, tf.float32)
-    frac = level / MAX_LEVEL
-    shape = tf.cast(tf.shape(image), tf.float32)
     if name == "AutoContrast":
         return autocontrast(image)
     if name == "Equalize":
         return equalize(image)
     if name == "Invert":
         return invert(image)
-    if name == "Rotate":
-        return rotate(image, _random_sign(frac * 30.0, seed))
-    if name == "ShearX":
-        return shear_x(image, _random_sign(frac * 0.3, seed))
-    if name == "ShearY":
-        return shear_y(image, _random_sign(frac * 0.3, seed))
-    if name == "TranslateX":
-        return translate_x(image, _random_sign(frac * 0.45 * shape[1], seed))
-    if name == "TranslateY":
-        return translate_y(image, _random_sign(frac * 0.45 * shape[0], seed))
-    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
-        factor = 0.1 + 1.8 * frac
-        return {"Color": color, "Contrast": contrast, "Brightness": brightness,
-                "Sharpness": sharpness}[name](image, factor)
+    if name not in LEVEL_RANGES:
+        raise ValueError(f"unknown augmentation op {name!r}; accepted: {', '.join(RANDAUGMENT_OPS)}")
+    low, high = LEVEL_RANGES[name]
+    frac = tf.cast(level, tf.float32) / MAX_LEVEL
     if name == "Posterize":
-        return posterize(image, 4.0 + tf.floor(frac * 4.0))
+        return posterize(image, low + tf.floor(frac * (high - low)))
+    value = low + frac * (high - low)
+    shape = tf.cast(tf.shape(image), tf.float32)
+    if name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"):
+        value = _random_sign(value, seed)
+    if name == "Rotate":
+        return rotate(image, value)
+    if name == "ShearX":
+        return shear_x(image, value)
+    if name == "ShearY":
+        return shear_y(image, value)
+    if name == "TranslateX":
+        return translate_x(image, value * shape[1])
+    if name == "TranslateY":
+        return translate_y(image, value * shape[0])
     if name == "Solarize":
-        return solarize(image, frac * 256.0)
+        return solarize(image, value)
     if name == "SolarizeAdd":
-        return solarize_add(image, frac * 110.0)
-    raise ValueError(f"unknown augmentation op {name!r}; accepted: {', '.join(RANDAUGMENT_OPS)}")
+        return solarize_add(image, value)
+    return {"Color": color, "Contrast": contrast, "Brightness": brightness, "Sharpness": sharpness}[name](image, value)
 
 
 def _maybe(image, prob: float, fn: Callable, seed):
@@ -340,6 +343,3 @@ def mix_batch(images, labels, seed, mixup_alpha: float = 0.0, cutmix_alpha: floa
         return cutmix(images, labels, op_seed, cutmix_alpha)
     return mixup(images, labels, op_seed, mixup_alpha)
 
-
-POLICIES: Dict[str, str] = {"autoaugment": "AutoAugment, ImageNet policy (25 sub-policies)",
-                            "randaugment": "RandAugment (N ops of magnitude M, each with probability 0.5)"}

@@ -7,7 +7,6 @@ spec validator, the profiler, the Keras builder and the JSON format pick it up f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -387,11 +386,6 @@ class BasicBlock(BlockKind):
 
 
 AFRB_KINDS = ("afrb1", "afrb2", "afrb3")
-
-
-def same_size(size: int, stride: int) -> int:
-    """Output size of a 'same'-padded op."""
-    return int(math.ceil(size / stride))
 
 
 from ran_keras import convnext_blocks  # noqa: E402,F401  (registers the 'convnext' and 'convnext_down' kinds)

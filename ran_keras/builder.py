@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from ran_keras import blocks, ir
+from ran_keras import ir
 from ran_keras.backend import keras
 from ran_keras.errors import RanError
 from ran_keras.layers import LayerScale, SharedAlphaPReLU, activation_layer
@@ -116,7 +116,7 @@ def build_model(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]
     init = _Initializers(seed)
     x = inputs
     for site in spec.sites:
-        graph = blocks.get_kind(site.block.kind).expand(site.block, site.in_channels, spec)
+        graph = site.graph(spec)
         prefix = f"{name}_{site.prefix}"
         shared: Dict[str, Any] = {}
         y = _apply(graph.main, x, prefix, spec, init, shared)

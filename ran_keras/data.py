@@ -1,4 +1,5 @@
-"""Input data helpers shared by export (calibration) and training: offline photos, normalisation.
+"""Input data helpers shared by export (calibration) and training: image suffixes, offline photos,
+normalisation.
 
 Nothing here downloads anything: the photos ship inside scikit-image and scikit-learn.
 """
@@ -8,6 +9,11 @@ from __future__ import annotations
 from typing import List, Optional
 
 import numpy as np
+
+#: image files read from folders (export calibration decodes them with PIL)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+#: the ones TensorFlow's decoders read (tf.io.decode_image), i.e. what training from an image folder takes
+TF_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 #: colour photos bundled with scikit-image that load offline ('cat' is 'chelsea' again, so skipped)
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",

@@ -7,8 +7,9 @@ Sources:
 * any TFDS dataset by name with ``data_dir``. ImageNet is TFDS ``imagenet2012``, which TFDS
   cannot download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in a folder and pass it
   as ``manual_dir``; the dataset is prepared once into ``data_dir``.
-* an image folder, one sub-folder per class (``DIR/<class>/*.jpg``), or ``DIR/train`` and
-  ``DIR/val`` each laid out so.
+* an image folder, one sub-folder per class (``DIR/<class>/*.jpg``), or ``DIR/train`` and a
+  held-out ``DIR/val``, ``DIR/validation`` or ``DIR/test`` (the first present) each laid out so.
+  TensorFlow decodes the images, so the formats are JPEG, PNG, BMP and GIF.
 
 The training pipeline is deterministic given (seed, epoch): records are shuffled with a per-epoch
 seed, each example's augmentation is seeded by its index, so a run resumed mid-epoch skips the
@@ -28,11 +29,13 @@ import numpy as np
 
 from ran_keras import augment
 from ran_keras.backend import tf
+from ran_keras.data import IMAGE_SUFFIXES, TF_IMAGE_SUFFIXES
 from ran_keras.errors import close_matches
 from ran_keras.recipes import ConfigError, TrainConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+#: held-out sub-folders of an image folder next to DIR/train, in order of preference
+HELD_OUT_DIRS = ("val", "validation", "test")
 
 IMAGENET_HOWTO = (
     "TFDS cannot download ImageNet. Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
@@ -84,29 +87,53 @@ def _digits_source(cfg: TrainConfig) -> Source:
 
 
 def _list_images(folder: Path, classes: Sequence[str]) -> Tuple[List[str], List[int]]:
-    paths, labels = [], []
+    paths, labels, other = [], [], []
     for label, name in enumerate(classes):
-        found = sorted(str(p) for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = [str(p) for p in files if p.suffix.lower() in TF_IMAGE_SUFFIXES]
+        other += [p for p in files if p.suffix.lower() not in TF_IMAGE_SUFFIXES]
         paths += found
         labels += [label] * len(found)
+    if other:
+        kinds = ", ".join(sorted({p.suffix.lower() for p in other}))
+        raise ConfigError(f"--image_folder: {len(other)} image(s) under {str(folder)!r} are {kinds} (e.g. "
+                          f"{str(other[0])!r}), which TensorFlow cannot decode; training reads "
+                          f"{', '.join(TF_IMAGE_SUFFIXES)}: convert them (e.g. to PNG) or move them out")
     return paths, labels
+
+
+def _folder_layout(root: Path) -> Tuple[Path, Optional[Path]]:
+    """(training folder, held-out folder or None): DIR/train + DIR/val|validation|test, else DIR itself."""
+    held_out = next((root / n for n in HELD_OUT_DIRS if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and held_out is not None:
+        return root / "train", held_out
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if subdirs and set(subdirs) <= {"train", *HELD_OUT_DIRS}:
+        raise ConfigError(f"--image_folder: {str(root)!r} has only the sub-folder(s) "
+                          f"{', '.join(n + '/' for n in subdirs)}, which name splits, not classes; accepted: "
+                          f"one sub-folder per class (DIR/<class>/*.jpg), or DIR/train/ together with one of "
+                          f"{', '.join('DIR/' + n + '/' for n in HELD_OUT_DIRS)}, each with one sub-folder per class")
+    return root, None
 
 
 def _folder_source(cfg: TrainConfig) -> Source:
     root = Path(cfg.image_folder)
     if not root.is_dir():
         raise ConfigError(f"--image_folder: {str(root)!r} is not a folder")
-    val = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
-    train_dir = root / "train" if (root / "train").is_dir() and val is not None else root
+    train_dir, val = _folder_layout(root)
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     if len(classes) < 2:
         raise ConfigError(f"--image_folder: {str(train_dir)!r} needs one sub-folder per class (at least 2), "
                           f"found {len(classes)}")
     paths, labels = _list_images(train_dir, classes)
     if not paths:
-        raise ConfigError(f"--image_folder: no images ({', '.join(IMAGE_SUFFIXES)}) under {str(train_dir)!r}")
+        raise ConfigError(f"--image_folder: no images under {str(train_dir)!r}; training reads the formats "
+                          f"TensorFlow decodes: {', '.join(TF_IMAGE_SUFFIXES)}")
     if val is not None:
         ev_paths, ev_labels = _list_images(val, classes)
+        if not ev_paths:
+            raise ConfigError(f"--image_folder: the held-out split {str(val)!r} has no images in the training "
+                              f"classes' sub-folders ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
     else:  # hold out a fixed fraction of every class
         rng = np.random.default_rng(0)
         tr, ev = [], []
@@ -127,7 +154,8 @@ def _folder_source(cfg: TrainConfig) -> Source:
                   records=records, load=tf.io.read_file,
                   eval_records=lambda: tf.data.Dataset.from_tensor_slices(
                       (ev_paths, np.asarray(ev_labels, np.int64))),
-                  description=f"{root}: {len(classes)} classes, {len(paths)} train / {len(ev_paths)} held out")
+                  description=f"{root}: {len(classes)} classes, {len(paths)} train / {len(ev_paths)} held out"
+                              + (f" ({val.name}/)" if val is not None else ""))
 
 
 def _tfds_builder(name: str, data_dir: Optional[str]):

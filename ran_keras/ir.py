@@ -96,6 +96,11 @@ class ZeroPad:
 Op = Union[Conv, DepthwiseConv, BatchNorm, LayerNorm, Act, SharedPReLU, MaxPool, LayerScale, DropPath, ZeroPad]
 
 
+def same_size(size: int, stride: int) -> int:
+    """Spatial output size of a 'same'-padded op: ceil(size / stride)."""
+    return -(-size // stride)
+
+
 def same_padding(size: Optional[int], kernel: int, stride: int) -> Tuple[int, int]:
     """(before, after) zero padding of TF's 'same' along one axis; the extra one goes after.
 
@@ -103,7 +108,7 @@ def same_padding(size: Optional[int], kernel: int, stride: int) -> Tuple[int, in
     """
     if size is None:
         return (kernel - 1) // 2, kernel // 2
-    out = -(-size // stride)
+    out = same_size(size, stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
 
-from ran_keras import blocks, ir
+from ran_keras import ir
 from ran_keras.spec import NetworkSpec
 
 _LAYERS = (ir.Conv, ir.DepthwiseConv)
@@ -147,10 +147,9 @@ def nn_mass(spec: NetworkSpec) -> NNMass:
     """NN-Mass and non-linear units of every block of ``spec`` (no TensorFlow)."""
     rows = []
     for site in spec.sites:
-        graph = blocks.get_kind(site.block.kind).expand(site.block, site.in_channels, spec)
+        graph = site.graph(spec)
         widths, units = block_chain(graph, site.in_channels)
         inputs, possible, actual, _ = chain_terms(widths, graph.residual)
-        mass = inputs * actual / possible if possible else 0.0
         rows.append(BlockMass(site.path, site.prefix, site.block.kind, widths, graph.residual, inputs, possible,
-                              actual, mass, units))
+                              actual, chain_mass(widths, graph.residual), units))
     return NNMass(spec.name, tuple(rows))

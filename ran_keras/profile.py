@@ -24,18 +24,14 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ran_keras import blocks, ir
+from ran_keras import ir
+from ran_keras.ir import same_size
 from ran_keras.spec import NetworkSpec
 
 MAC_KINDS = ("conv", "depthwise", "dense")
 
 
 # --- pure cost functions -----------------------------------------------------------------------
-
-def same_size(size: int, stride: int) -> int:
-    """Spatial output size of a 'same'-padded op."""
-    return int(math.ceil(size / stride))
-
 
 def conv_params(kernel: int, cin: int, cout: int, bias: bool, groups: int = 1) -> int:
     return kernel * kernel * (cin // groups) * cout + (cout if bias else 0)
@@ -192,7 +188,7 @@ def profile_spec(spec: NetworkSpec, input_shape: Optional[Sequence[int]] = None,
     prof = Profile(name, (h, w, c), classes if include_top else None, "spec")
     rows = prof.layers
     for site in spec.sites:
-        graph = blocks.get_kind(site.block.kind).expand(site.block, site.in_channels, spec)
+        graph = site.graph(spec)
         prefix = f"{name}_{site.prefix}"
         seen: set = set()
         h1, w1, c1 = _run_ops(graph.main, prefix, h, w, c, rows, seen)

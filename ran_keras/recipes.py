@@ -5,9 +5,9 @@ some of those values (the paper's ``ran_e``, ConvNeXt's ``convnext``, the offlin
 demo); anything given explicitly overrides the recipe. ``experiments/flags.py`` turns each field
 into an absl flag, so every recipe value can be overridden on the command line.
 
-Pure Python (no TensorFlow): configs are resolved, validated and inspected without Keras, and the
-learning-rate schedule is a plain function that the Keras schedule in ``ran_keras.training``
-mirrors (``lr_at``).
+Pure Python (no TensorFlow): configs are resolved, validated and inspected without Keras, and
+``model_spec`` resolves --model, so a bad value fails before TensorFlow starts. The learning-rate
+schedule is ``ran_keras.training.WarmupSchedule``.
 """
 
 from __future__ import annotations
@@ -119,7 +119,9 @@ class TrainConfig:
     num_cpu_devices: Optional[int] = _f(None, "split the CPU into N logical devices (try mirrored training "
                                               "without GPUs); must be set before TensorFlow starts", group="run")
     dtype: str = _f("float32", "compute dtype; bfloat16/float16 use Keras mixed precision", DTYPES, group="run")
-    xla: bool = _f(False, "compile the training step with XLA (jit_compile)", group="run")
+    xla: bool = _f(False, "compile each step's forward and backward pass with XLA (jit_compile); the gradient "
+                          "all-reduce, clipping and the loop stay outside it (the optimizer's update is also asked "
+                          "for jit_compile, which tf_keras ignores without a GPU)", group="run")
     deterministic: bool = _f(False, "deterministic TensorFlow kernels (tf.config.experimental.enable_op_determinism;"
                                     " slower): the same run twice gives the same weights", group="run")
     steps_per_epoch: Optional[int] = _f(None, "default: training examples // global batch", group="run")
@@ -219,13 +221,14 @@ def validate(cfg: TrainConfig) -> None:
                      "checkpoint_every", "num_cpu_devices", "randaugment_layers")
     for name in positive_ints:
         need(name, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
-    for name in ("learning_rate", "width", "epsilon", "ema_decay", "clip_grad_norm"):
+    for name in ("learning_rate", "width", "epsilon", "clip_grad_norm"):
         need(name, lambda v: isinstance(v, (int, float)) and v > 0 and math.isfinite(v), "a positive number")
-    for name in ("weight_decay", "warmup_epochs", "min_learning_rate", "label_smoothing", "mixup", "cutmix",
-                 "momentum", "randaugment_magnitude_std"):
+    for name in ("weight_decay", "warmup_epochs", "min_learning_rate", "mixup", "cutmix",
+                 "randaugment_magnitude_std"):
         need(name, lambda v: isinstance(v, (int, float)) and v >= 0 and math.isfinite(v), "a number >= 0")
-    for name in ("rho", "beta_1", "beta_2", "momentum", "label_smoothing", "ema_decay"):
-        need(name, lambda v: 0 <= v < 1, "in [0, 1)")
+    for name in ("rho", "beta_1", "beta_2", "momentum", "label_smoothing"):
+        need(name, lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)")
+    need("ema_decay", lambda v: isinstance(v, (int, float)) and 0 < v < 1, "in (0, 1)")
     for name in ("crop_min_scale", "eval_crop_fraction", "mix_switch_prob"):
         need(name, lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]")
     need("validation_fraction", lambda v: 0 < v < 1, "in (0, 1)")
@@ -238,18 +241,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("give either --dataset or --image_folder, not both")
 
 
-# --- learning-rate schedule (pure math; ran_keras.training.WarmupSchedule is the Keras form) --------
-
-def lr_at(step: float, *, peak: float, warmup_steps: int, total_steps: int, schedule: str = "cosine",
-          minimum: float = 0.0) -> float:
-    """Learning rate after ``step`` updates: linear warm-up to ``peak``, then cosine to ``minimum``.
-
-    Step 0 of a warm-up uses peak / warmup_steps (never 0), so the first update moves the weights.
-    """
-    if warmup_steps > 0 and step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return peak
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
-    return minimum + (peak - minimum) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def model_spec(cfg: TrainConfig):
+    """The spec --model names (a registered name or a spec .json file), before --width, --activation
+    and --drop_path_rate (``ran_keras.training.prepare_spec`` applies those). No TensorFlow."""
+    from ran_keras.registry import resolve_spec
+    if not cfg.model:
+        raise ConfigError("--model is required: a registered model name (see `ran list`) or a spec .json file")
+    return resolve_spec(cfg.model)

@@ -19,7 +19,6 @@ low; ``min_width`` (channels of the narrowest stage) is that constraint.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io as _io
 import math
 import re
@@ -43,6 +42,10 @@ from ran_keras.spec import NetworkSpec, stage_depths
 PAPER_WM = (0.25, 1.6)
 PAPER_DM = (0.6, 2.56)
 PAPER_BUDGETS = (("H1", 3.3e9, 21e6), ("H2", 4.5e9, 28e6), ("H3", 8.5e9, 50e6))
+#: random samples when neither a sample count nor a grid is given (the paper's 800)
+DEFAULT_SAMPLES = 800
+#: the most candidates one sweep evaluates (numpy holds them all at once: 5M take about 0.8 GB and 5 s)
+MAX_CANDIDATES = 5_000_000
 
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 _COUNT_RE = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)")
@@ -195,34 +198,76 @@ def _per_budget(values: Optional[Sequence[Any]], n: int, what: str) -> List[Any]
     return (values * n if len(values) == 1 else values) or [None] * n
 
 
+def _flag(name: str, sep: str) -> str:
+    """A front end's spelling of an option: ``--min-width`` (``ran scale``, sep '-') or ``--min_width`` (absl)."""
+    return "--" + name.replace("_", sep)
+
+
 def make_budgets(macs: Optional[Sequence[float]], params: Optional[Sequence[float]], tolerance: float = 0.02,
-                 names: Optional[Sequence[str]] = None, min_width=None) -> List[Budget]:
+                 names: Optional[Sequence[str]] = None, min_width=None, *, sep: str = "-") -> List[Budget]:
     """Pair MACs and params targets into budgets H1, H2, ... (a single value pairs with every other).
 
-    ``min_width``: None, one channel count for every budget, or one per budget.
+    ``min_width``: None, one channel count for every budget, or one per budget. ``sep``: how the
+    messages spell multi-word options ('-': ``--min-width``, '_': absl's ``--min_width``).
     """
     if not macs and not params:
-        raise ScaleError("give at least one budget: --macs and/or --params (e.g. --macs 3.3e9 --params 21e6)")
+        raise ScaleError(f"give at least one budget: --macs and/or --params (e.g. --macs 3.3e9 --params 21e6), "
+                         f"or {_flag('paper_budgets', sep)}")
     n = max(len(macs or []), len(params or []))
     macs, params = _per_budget(macs, n, "--macs"), _per_budget(params, n, "--params")
-    widths = _per_budget([min_width] if isinstance(min_width, int) else min_width, n, "--min-width")
+    widths = _per_budget([min_width] if isinstance(min_width, int) else min_width, n, _flag("min_width", sep))
     names = list(names) if names else [f"H{i + 1}" for i in range(n)]
     return [Budget(nm, m, p, tolerance, w) for nm, m, p, w in zip(names, macs, params, widths)]
 
 
-def paper_budgets(tolerance: float = 0.02, min_width=None) -> List[Budget]:
+def paper_budgets(tolerance: float = 0.02, min_width=None, *, sep: str = "-") -> List[Budget]:
     """H1/H2/H3 of Sec. 3.4: (3.3B MACs, 21M params), (4.5B, 28M), (8.5B, 50M)."""
     names, macs, params = zip(*PAPER_BUDGETS)
-    return make_budgets(macs, params, tolerance, names, min_width)
+    return make_budgets(macs, params, tolerance, names, min_width, sep=sep)
 
 
-def with_min_width(budgets: Sequence[Budget], min_width) -> List[Budget]:
-    """The budgets with a width floor: one channel count for all, or one per budget."""
-    widths = _per_budget([min_width] if isinstance(min_width, int) else min_width, len(budgets), "--min-width")
-    return [dataclasses.replace(b, min_width=w) for b, w in zip(budgets, widths)]
+def budgets_from_options(macs: Optional[Sequence[float]] = None, params: Optional[Sequence[float]] = None, *,
+                         paper: bool = False, tolerance: float = 0.02, min_width=None,
+                         sep: str = "-") -> List[Budget]:
+    """The budgets a front end's options ask for (``ran scale`` and the absl experiment share this):
+    ``paper`` (--paper-budgets) for H1/H2/H3, else the --macs/--params lists."""
+    if paper:
+        if macs or params:
+            raise ScaleError(f"{_flag('paper_budgets', sep)} sets --macs and --params itself; give one or the other")
+        return paper_budgets(tolerance, min_width, sep=sep)
+    return make_budgets(macs, params, tolerance, min_width=min_width, sep=sep)
+
+
+def sweep_options(*, wm: Tuple[float, float] = PAPER_WM, dm: Tuple[float, float] = PAPER_DM,
+                  samples: Optional[int] = None, seed: Optional[int] = None,
+                  grid: Optional[Tuple[float, float]] = None) -> Dict[str, Any]:
+    """Check a front end's sampling options (None: not given) and fill in the defaults; returns
+    ``run_sweep``'s keyword arguments ``wm``, ``dm``, ``samples``, ``seed``, ``grid``.
+
+    --samples and --grid exclude each other, --seed applies to --samples only, and the sweep may
+    not exceed MAX_CANDIDATES. Defaults: DEFAULT_SAMPLES random samples with seed 0.
+    """
+    if grid is not None:
+        if samples is not None:
+            raise ScaleError("--samples and --grid exclude each other: --grid evaluates every grid point; "
+                             "give one or the other")
+        if seed is not None:
+            raise ScaleError("--seed applies to --samples; a --grid sweep is not random")
+        _grid_shape(wm, dm, grid)
+        return {"wm": wm, "dm": dm, "samples": None, "seed": 0, "grid": grid}
+    samples = DEFAULT_SAMPLES if samples is None else samples
+    seed = 0 if seed is None else seed
+    _check_samples(samples)
+    _check_seed(seed)
+    return {"wm": wm, "dm": dm, "samples": samples, "seed": seed, "grid": None}
 
 
 # --- the ConvNeXt family, analytically ---------------------------------------------------------
+
+def _depth_fields(block) -> Dict[str, Any]:
+    """A block's fields as stage_depths compares them (drop_path aside)."""
+    return {k: v for k, v in block.values.items() if k != "drop_path"}
+
 
 @dataclass(frozen=True)
 class StageShape:
@@ -267,8 +312,21 @@ class ConvNeXtFamily:
             block, prefix = stage[-1], stage[:len(stage) - n]
             if block.kind != "convnext":
                 refuse(f"stages[{i}][{len(stage) - 1}]", f"is a {block.kind!r} block, not 'convnext'")
-            if len(prefix) > 1 or (prefix and prefix[0].kind != "convnext_down"):
-                refuse(f"stages[{i}][0]", "only one 'convnext_down' block may precede a stage's 'convnext' blocks")
+            for j, other in enumerate(prefix):
+                if j == 0 and other.kind == "convnext_down":
+                    continue
+                if other.kind == "convnext":
+                    last, this = _depth_fields(block), _depth_fields(other)
+                    keys = [k for k in sorted(set(last) | set(this)) if this.get(k) != last.get(k)]
+                    if not keys:        # like the last block; a later one breaks the run
+                        continue
+                    mine = ", ".join(f"{k} {this.get(k)!r}" for k in keys)
+                    theirs = ", ".join(f"{k} {last.get(k)!r}" for k in keys)
+                    refuse(f"stages[{i}][{j}]", f"this 'convnext' block has {mine} where stages[{i}][{len(stage) - 1}] "
+                                                f"has {theirs}; a stage's 'convnext' blocks must be identical "
+                                                f"(drop_path aside)")
+                refuse(f"stages[{i}][{j}]", f"is a {other.kind!r} block; a stage may start with one 'convnext_down' "
+                                            f"block, then only 'convnext' blocks")
             down = prefix[0] if prefix else None
             stages.append(StageShape(down.kernel if down else None, down.stride if down else 1, block.channels, n,
                                      block.kernel, block.expansion, block.layer_scale is not None,
@@ -347,16 +405,48 @@ class Candidates:
 
 # --- the sweep ---------------------------------------------------------------------------------
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_samples(samples) -> None:
+    if not _is_int(samples) or samples < 1:
+        raise ScaleError(f"--samples must be a positive integer, got {samples!r}")
+    if samples > MAX_CANDIDATES:
+        raise ScaleError(f"--samples {samples:,} is more than the {MAX_CANDIDATES:,} candidates a sweep evaluates "
+                         f"at once; give at most {MAX_CANDIDATES:,}")
+
+
+def _check_seed(seed) -> None:
+    if not _is_int(seed) or seed < 0:
+        raise ScaleError(f"--seed must be an integer >= 0, got {seed!r}")
+
+
+def _grid_shape(wm: Tuple[float, float], dm: Tuple[float, float], grid: Tuple[float, float]) -> Tuple[int, int]:
+    """(width points, depth points) of a grid sweep; ScaleError above MAX_CANDIDATES."""
+    shape = tuple(int(math.floor((hi - lo) / step + 1e-9)) + 1 for (lo, hi), step in zip((wm, dm), grid))
+    if shape[0] * shape[1] > MAX_CANDIDATES:
+        raise ScaleError(f"--grid {grid[0]:g},{grid[1]:g} over --wm {wm[0]:g}:{wm[1]:g} and --dm {dm[0]:g}:{dm[1]:g} "
+                         f"makes {shape[0] * shape[1]:,} candidates ({shape[0]:,} x {shape[1]:,}), more than the "
+                         f"{MAX_CANDIDATES:,} a sweep evaluates at once; use a larger step or narrower ranges "
+                         f"(e.g. --grid 0.005,0.01 gives 271 x 197 over the paper's ranges)")
+    return shape
+
+
 def sample_multipliers(wm: Tuple[float, float], dm: Tuple[float, float], *, samples: Optional[int] = None,
                        seed: int = 0, grid: Optional[Tuple[float, float]] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """``samples`` uniform random (wm, dm) pairs from ``seed``, or the full grid with steps ``grid``."""
+    """``samples`` uniform random (wm, dm) pairs from ``seed`` (>= 0), or the full grid with steps ``grid``.
+
+    At most MAX_CANDIDATES either way.
+    """
     if grid is not None:
+        _grid_shape(wm, dm, grid)
         axes = [np.round(np.arange(lo, hi + step / 2, step), 10) for (lo, hi), step in zip((wm, dm), grid)]
         axes = [a[a <= hi + 1e-12] for a, (_, hi) in zip(axes, (wm, dm))]
         w, d = np.meshgrid(axes[0], axes[1], indexing="ij")
         return w.ravel(), d.ravel()
-    if samples is None or samples < 1:
-        raise ScaleError(f"samples must be a positive integer, got {samples!r}")
+    _check_samples(samples)
+    _check_seed(seed)
     rng = np.random.default_rng(seed)
     return rng.uniform(wm[0], wm[1], samples), rng.uniform(dm[0], dm[1], samples)
 
@@ -375,7 +465,6 @@ class BudgetResult:
 @dataclass
 class SweepResult:
     base: NetworkSpec
-    family: ConvNeXtFamily
     candidates: Candidates
     budgets: List[BudgetResult]
     settings: Dict[str, Any]
@@ -400,15 +489,13 @@ class SweepResult:
 
 def run_sweep(base: NetworkSpec, budgets: Sequence[Budget], *, wm: Tuple[float, float] = PAPER_WM,
               dm: Tuple[float, float] = PAPER_DM, samples: Optional[int] = 800, seed: int = 0,
-              grid: Optional[Tuple[float, float]] = None, min_width=None,
+              grid: Optional[Tuple[float, float]] = None,
               input_size: Optional[int] = None, classes: int = 1000) -> SweepResult:
     """Evaluate every candidate, then rank those inside each budget by NN-Mass (ties: fewer MACs).
 
-    ``min_width`` (one channel count, or one per budget) overrides the budgets' own width floors.
+    Width floors (Corollary 1) come with the budgets (``Budget.min_width``).
     """
     family = ConvNeXtFamily.from_spec(base)
-    if min_width is not None:
-        budgets = with_min_width(budgets, min_width)
     w, d = sample_multipliers(wm, dm, samples=samples, seed=seed, grid=grid)
     start = time.perf_counter()
     cand = family.evaluate(w, d, input_size=input_size, classes=classes)
@@ -428,7 +515,7 @@ def run_sweep(base: NetworkSpec, budgets: Sequence[Budget], *, wm: Tuple[float, 
     settings = {"wm": list(wm), "dm": list(dm), "samples": None if grid else samples, "seed": None if grid else seed,
                 "grid": list(grid) if grid else None,
                 "input_size": input_size or base.input_size, "classes": classes}
-    return SweepResult(base, family, cand, results, settings, seconds, base_eval.row(0))
+    return SweepResult(base, cand, results, settings, seconds, base_eval.row(0))
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -478,7 +565,8 @@ def plot_sweep(result: SweepResult, path, *, marks: Sequence[Tuple[str, float, f
         ax.scatter([macs / 1e9], [mass], marker="D", s=40, facecolor="none", edgecolor="black", zorder=6)
         ax.annotate(label, (macs / 1e9, mass), textcoords="offset points", xytext=(6, -12), fontsize=8)
     title = f"NN-Mass vs MACs, {result.base.name} scaled"
-    ax.set(xlabel="MACs (billions, 224x224)", ylabel="NN-Mass", title=title)
+    size = result.settings["input_size"]
+    ax.set(xlabel=f"MACs (billions, {size}x{size})", ylabel="NN-Mass", title=title)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -487,12 +575,13 @@ def plot_sweep(result: SweepResult, path, *, marks: Sequence[Tuple[str, float, f
     plt.close(fig)
 
 
-def check_output_names(base: NetworkSpec, prefix: Optional[str], drop_path: Optional[float]) -> None:
+def check_output_names(base: NetworkSpec, prefix: Optional[str], drop_path: Optional[float], *,
+                       sep: str = "-") -> None:
     """Raise ScaleError now (before any work) if the chosen specs' name prefix or drop_path is unusable."""
     from ran_keras.errors import SpecError
     if drop_path is not None and (isinstance(drop_path, bool) or not isinstance(drop_path, (int, float))
                                   or not 0 <= drop_path < 1):
-        raise ScaleError(f"--drop-path must be in [0, 1), got {drop_path!r}")
+        raise ScaleError(f"{_flag('drop_path', sep)} must be in [0, 1), got {drop_path!r}")
     if prefix is not None:
         try:
             base.replace(name=f"{prefix}_h1")
@@ -502,8 +591,11 @@ def check_output_names(base: NetworkSpec, prefix: Optional[str], drop_path: Opti
 
 def write_outputs(result: SweepResult, *, csv_path=None, plot_path=None, spec_dir=None, prefix: Optional[str] = None,
                   drop_path: Optional[float] = None, marks=()) -> Dict[str, Any]:
-    """Write the CSV, the plot and each budget's chosen spec (atomically); returns what was written."""
-    check_output_names(result.base, prefix, drop_path)
+    """Write the CSV, the plot and each budget's chosen spec (atomically); returns what was written.
+
+    Check ``prefix`` and ``drop_path`` with ``check_output_names`` first (the front ends do, before
+    the sweep): an unusable one fails here only after the CSV and plot are written.
+    """
     written: Dict[str, Any] = {"specs": {}}
     if csv_path:
         written["csv"] = str(io.write_text(csv_path, candidates_csv(result)))
@@ -530,11 +622,49 @@ def write_outputs(result: SweepResult, *, csv_path=None, plot_path=None, spec_di
 
 DEPTH_NOTE = ("NN-Mass grows like dm*wm while MACs and params grow like dm*wm^2, so inside a budget the "
               "highest-NN-Mass candidates are the deepest and narrowest the ranges allow. Corollary 1: NN-Mass "
-              "matters less when width is low; --min-width C keeps every stage at least C channels wide.")
+              "matters less when width is low; {min_width} C keeps every stage at least C channels wide.")
 
 
-def format_report(result: SweepResult, top: int = 5) -> str:
-    """The text report: the base, the search space, and each budget's top candidates."""
+def nothing_fits(result: SweepResult, b: BudgetResult, sep: str = "-") -> str:
+    """Why no candidate is inside budget ``b``: the MACs and params the candidates reach, what a
+    width floor removed, and only the remedies that apply."""
+    c, budget = result.candidates, b.budget
+    lines = [f"the {len(c)} candidates reach MACs {fmt_count(c.macs.min())}-{fmt_count(c.macs.max())} and params "
+             f"{fmt_count(c.params.min())}-{fmt_count(c.params.max())}"]
+    fixes, out_of_reach = [], False
+    meets = {}
+    for what, target, values in (("MACs", budget.macs, c.macs), ("params", budget.params, c.params)):
+        if target is None:
+            continue
+        lo, hi = target * (1 - budget.tolerance), target * (1 + budget.tolerance)
+        meets[what] = int(np.count_nonzero(np.abs(values - target) <= budget.tolerance * target))
+        if hi < values.min() or lo > values.max():
+            out_of_reach = True
+            where = "below" if hi < values.min() else "above"
+            lines.append(f"{what} {fmt_count(target)} ±{100 * budget.tolerance:g}% ({fmt_count(lo)}-{fmt_count(hi)}) "
+                         f"is {where} all of them")
+    fit = budget.contains(c.macs, c.params)
+    both = int(np.count_nonzero(fit))
+    if out_of_reach:
+        fixes.append("change the target, or move the --wm/--dm ranges (or --base) so that candidates reach it")
+    elif len(meets) == 2 and both == 0 and all(meets.values()):
+        lines.append(f"{meets['MACs']} meet the MACs target and {meets['params']} the params target, none both")
+        fixes.append("widen --tolerance, or give only one of --macs/--params")
+    elif both and budget.min_width is not None:
+        widest = int(c.widths.min(axis=1)[fit].max())
+        lines.append(f"{both} meet the targets but the width floor removed all of them: their narrowest stage has "
+                     f"at most {widest} channels, the floor is {budget.min_width}")
+        fixes.append(f"lower {_flag('min_width', sep)} to at most {widest}")
+    else:
+        lines.append(f"{', '.join(f'{n} meet the {w} target' for w, n in meets.items())}")
+        fixes.append("use a finer --grid step or widen --tolerance" if result.settings["grid"]
+                     else "sample more (--samples), use a --grid, or widen --tolerance")
+    return "; ".join(lines) + ": " + "; ".join(fixes)
+
+
+def format_report(result: SweepResult, top: int = 5, sep: str = "-") -> str:
+    """The text report: the base, the search space, and each budget's top candidates. ``sep``: how
+    options are spelled ('-': ``--min-width``; '_': absl's ``--min_width``)."""
     from ran_keras.report import table
     s, bp = result.settings, result.base_point
     lines = [f"base {result.base.name}: {fmt_count(bp['params'])} params, {fmt_count(bp['macs'])} MACs, "
@@ -549,7 +679,7 @@ def format_report(result: SweepResult, top: int = 5) -> str:
         head = (f"{b.budget.name}: {b.budget.describe()}: {b.inside} of {len(result.candidates)} candidates inside, "
                 f"{len(b.ranked)} distinct architectures")
         if not b.ranked:
-            lines.append(head + " - none to rank; widen --tolerance, sample more, or use --grid")
+            lines.append(f"{head} - none to rank: {nothing_fits(result, b, sep)}")
             continue
         lines.append(head)
         rows = []
@@ -560,7 +690,7 @@ def format_report(result: SweepResult, top: int = 5) -> str:
                          f"{row['nn_mass']:g}", row["nonlinear_units"]])
         lines.append(table(["rank", "wm", "dm", "widths", "depths", "params", "MACs", "NN-Mass", "non-linear units"],
                            rows))
-    lines += ["", DEPTH_NOTE]
+    lines += ["", DEPTH_NOTE.format(min_width=_flag("min_width", sep))]
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -39,9 +39,11 @@ class SearchError(RanError, ValueError):
 
 # --- pure pieces: penalty, decision rule, derived spec -------------------------------------------
 
-def alpha_penalty_value(alphas: Sequence[float], lam: float) -> float:
-    """lambda * sum (alpha_i - 1)^2 for plain numbers (the loss term the search adds)."""
-    return float(lam) * float(sum((float(a) - 1.0) ** 2 for a in alphas))
+def check_lambda(lam: Any, flag: str = "--lambda") -> float:
+    """lambda as a float, or SearchError naming ``flag`` unless it is a finite number >= 0."""
+    if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+        raise SearchError(f"{flag} must be a number >= 0, got {lam!r}")
+    return float(lam)
 
 
 def check_band(band: Sequence[float]) -> Tuple[float, float]:
@@ -84,6 +86,25 @@ def derive_spec(spec: NetworkSpec, alphas: Sequence[float], band: Sequence[float
     if input_size:
         changes["input_size"] = int(input_size)
     return derived.replace(**changes)
+
+
+def check_derived(spec: NetworkSpec, band: Sequence[float] = DEFAULT_BAND, *, name: Optional[str] = None,
+                  activation: str = "hard_swish") -> None:
+    """Fail now, before any training, on what ``derive_spec`` would refuse at the end: a spec without
+    AFRBs, a bad band, --derived_activation or --derived_name (a dry run with every alpha at 1)."""
+    from ran_keras.activations import canonical
+    from ran_keras.errors import SpecError
+    require_afrbs(spec)
+    check_band(band)
+    try:
+        canonical(activation)
+    except SpecError as err:
+        raise SearchError(f"--derived_activation: {err.detail}") from None
+    try:
+        derive_spec(spec, [1.0] * len(afrb_sites(spec)), band, name=name, activation=activation)
+    except SpecError as err:
+        what = "--derived_name" if err.path == "name" else f"the derived spec of {spec.name} ({err.path})"
+        raise SearchError(f"{what}: {err.detail}") from None
 
 
 def alpha_layer_names(spec: NetworkSpec, model_name: Optional[str] = None) -> List[str]:
@@ -265,7 +286,6 @@ class SearchResult:
     folded_macs: Optional[int] = None
     folded_path: Optional[str] = None
     steps: int = 0
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def collapsed(self) -> int:
@@ -300,10 +320,10 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
     """
     training = _training()
     band = check_band(band)
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-        raise SearchError(f"--lambda must be a number >= 0, got {lam!r}")
-    spec = training.prepare_spec(cfg, spec)
-    require_afrbs(spec)
+    lam = check_lambda(lam)
+    trainer = training.Trainer(cfg, spec, log=log)
+    spec = trainer.spec   # what is trained: --model (or ``spec``) with --width/--activation applied, once
+    check_derived(spec, band, name=derived_name, activation=derived_activation)
     out_dir = Path(cfg.model_dir)
     variables_of = {}
 
@@ -313,9 +333,10 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         return alpha_penalty(variables_of["v"], lam)
 
     logger = AlphaLogger(spec, out_dir, band, alpha_log_every, title=f"{spec.name}: AFRB alphas, lambda = {lam:g}")
+    trainer.extra_losses["alpha_penalty"] = penalty
+    trainer.callbacks.append(logger)
     log(f"search: {spec.name} with {len(afrb_sites(spec))} AFRBs, loss = CE + {lam:g} * sum(alpha - 1)^2, "
         f"collapse band [{band[0]:g}, {band[1]:g}]")
-    trainer = training.Trainer(cfg, spec, extra_losses={"alpha_penalty": penalty}, callbacks=[logger], log=log)
     result = trainer.run()
     alphas = logger.values()
     derived = derive_spec(spec, alphas, band, name=derived_name or f"{spec.name}_lam{lam:g}",
@@ -375,9 +396,21 @@ def _fold_supernet(res: SearchResult, trainer, band, log) -> None:
 
 def run_sweep(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lambdas: Sequence[float],
               log=print, **kwargs) -> List[SearchResult]:
-    """One search per lambda in ``cfg.model_dir/lambda_<value>``; writes sweep.json and sweep.md."""
+    """One search per lambda in ``cfg.model_dir/lambda_<value>``; writes sweep.json and sweep.md.
+
+    Every setting is checked before the first lambda trains. ``derived_name`` is refused: each
+    lambda's spec is named ``<supernet>_lam<lambda>``."""
     if not lambdas:
         raise SearchError("--lambdas needs at least one value")
+    lambdas = [check_lambda(lam, "--lambdas: each value") for lam in lambdas]
+    if kwargs.get("derived_name"):
+        raise SearchError(f"--derived_name={kwargs['derived_name']} names the spec of a single search, but a sweep "
+                          f"(--lambdas, or --demo's default sweep) derives one spec per lambda, each named "
+                          f"<supernet>_lam<lambda>; drop --derived_name, or run one search with --lambda=VALUE")
+    if not cfg.model_dir:
+        raise SearchError("--model_dir is required (each lambda runs in --model_dir/lambda_<value>)")
+    supernet = _training().prepare_spec(cfg, spec)
+    check_derived(supernet, kwargs.get("band", DEFAULT_BAND), activation=kwargs.get("derived_activation", "hard_swish"))
     root = Path(cfg.model_dir)
     results = []
     for lam in lambdas:

@@ -115,6 +115,11 @@ class Site:
     in_channels: int
     out_channels: int
 
+    def graph(self, spec: "NetworkSpec"):
+        """The block's op graph (``ran_keras.ir.BlockGraph``) at this site of ``spec``: what the
+        profiler, NN-Mass and the Keras builder all read."""
+        return blocks.get_kind(self.block.kind).expand(self.block, self.in_channels, spec)
+
 
 def _tuple_of_floats(value, path: str, length: Optional[int] = None) -> Tuple[float, ...]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -368,6 +373,15 @@ ROUNDINGS: Dict[str, Callable[[float], int]] = {
 }
 
 
+def _rounding(multiplier: float, rounding: str) -> Callable[[float], int]:
+    """Check a width/depth multiplier and a rounding name; returns the rounding function."""
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier <= 0:
+        raise SpecError("multiplier", f"must be a positive number, got {multiplier!r}")
+    if rounding not in ROUNDINGS:
+        raise SpecError("rounding", f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDINGS)}")
+    return ROUNDINGS[rounding]
+
+
 def scale_width(spec: NetworkSpec, multiplier: float, *, rounding: str = "round", stem: bool = True,
                 head: bool = False, name: Optional[str] = None) -> NetworkSpec:
     """Multiply block widths (``channels`` and ``mid_channels``) by ``multiplier``.
@@ -375,11 +389,7 @@ def scale_width(spec: NetworkSpec, multiplier: float, *, rounding: str = "round"
     ``rounding``: 'floor' (truncate), 'round' (half up) or 'divisible8' (MobileNet's
     make_divisible). The stem is scaled unless ``stem=False``; the head is kept unless ``head=True``.
     """
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier <= 0:
-        raise SpecError("multiplier", f"must be a positive number, got {multiplier!r}")
-    if rounding not in ROUNDINGS:
-        raise SpecError("rounding", f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDINGS)}")
-    rnd = ROUNDINGS[rounding]
+    rnd = _rounding(multiplier, rounding)
 
     def scale(site: Site) -> BlockSpec:
         b = site.block
@@ -416,11 +426,7 @@ def scale_depth(spec: NetworkSpec, multiplier: float, *, rounding: str = "round"
     the run becomes ``max(1, rounding(n * multiplier))`` copies of its last block (including its
     ``drop_path``: re-apply a per-block rule afterwards). ``rounding`` as in ``scale_width``.
     """
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier <= 0:
-        raise SpecError("multiplier", f"must be a positive number, got {multiplier!r}")
-    if rounding not in ROUNDINGS:
-        raise SpecError("rounding", f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDINGS)}")
-    rnd = ROUNDINGS[rounding]
+    rnd = _rounding(multiplier, rounding)
     stages = []
     for stage, n in zip(spec.stages, stage_depths(spec)):
         stages.append(tuple(stage[:len(stage) - n]) + (stage[-1],) * max(1, rnd(n * multiplier)))

@@ -9,7 +9,8 @@ writes the bad weights to a checkpoint.
 
 What a run writes to ``model_dir``::
 
-    config.json            the resolved configuration (recipe + flags)
+    config.json            the resolved configuration (recipe + flags; image_size and steps_per_epoch
+                           as used, also when they came from the model or the data)
     spec.json              the architecture trained (what resume checks against)
     checkpoints/ckpt-N     tf.train.Checkpoint of model, optimizer (slots, EMA) and step
     tensorboard/train|eval TensorBoard scalars
@@ -36,8 +37,8 @@ from ran_keras import datasets, io
 from ran_keras.backend import keras, tf
 from ran_keras.errors import RanError
 from ran_keras.profile import profile_spec
-from ran_keras.recipes import ConfigError, TrainConfig, lr_at
-from ran_keras.registry import create_model, resolve_spec
+from ran_keras.recipes import ConfigError, TrainConfig, model_spec
+from ran_keras.registry import create_model
 from ran_keras.report import fmt_count
 from ran_keras.spec import NetworkSpec, scale_width, with_activation
 
@@ -113,9 +114,7 @@ def apply_drop_path(spec: NetworkSpec, rate: float) -> NetworkSpec:
 def prepare_spec(cfg: TrainConfig, spec: Optional[NetworkSpec] = None) -> NetworkSpec:
     """The spec a run trains: --model (or ``spec``) with --width, --activation and --drop_path_rate."""
     if spec is None:
-        if not cfg.model:
-            raise ConfigError("--model is required: a registered model name (see `ran list`) or a spec .json file")
-        spec = resolve_spec(cfg.model)
+        spec = model_spec(cfg)
     if cfg.width != 1.0:
         spec = scale_width(spec, cfg.width, rounding="round", name=f"{spec.name}_w{cfg.width:g}")
     if cfg.activation:
@@ -126,7 +125,10 @@ def prepare_spec(cfg: TrainConfig, spec: Optional[NetworkSpec] = None) -> Networ
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up then cosine (or constant); the TF form of ``ran_keras.recipes.lr_at``."""
+    """The learning rate after ``step`` updates: linear warm-up to ``peak``, then cosine to ``minimum``
+    (or constant). Step 0 of a warm-up uses peak / warmup_steps (never 0), so the first update moves
+    the weights. The one definition of the schedule: the optimizer uses it, and the logged rate is
+    this schedule's value at the step just taken."""
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, schedule: str = "cosine",
                  minimum: float = 0.0):
@@ -210,8 +212,11 @@ class RunResult:
 CSV_COLUMNS = ("epoch", "step", "learning_rate", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
                "eval_top5", "seconds")
 
-#: settings that must not change when a run is resumed (they fix the data order and the schedule)
-RESUME_FIXED = ("batch_size", "dataset", "image_folder", "image_size", "seed", "train_split")
+#: settings that must not change when a run is resumed (they fix the data order and the schedule);
+#: image_size and steps_per_epoch are compared as resolved (from the flag, else the model / the data)
+RESUME_FIXED = ("batch_size", "dataset", "image_folder", "image_size", "seed", "shuffle_buffer", "steps_per_epoch",
+                "train_split", "validation_fraction")
+RESOLVED = ("image_size", "steps_per_epoch")
 
 
 # --- the trainer ---------------------------------------------------------------------------------
@@ -274,6 +279,7 @@ class Trainer:
         self.warmup_steps = warmup
 
     def _check_model_dir(self):
+        resolved = self.cfg.replace(image_size=self.image_size, steps_per_epoch=self.steps_per_epoch)
         spec_path = self.model_dir / "spec.json"
         cfg_path = self.model_dir / "config.json"
         if spec_path.is_file() and (self.model_dir / "checkpoints").is_dir():
@@ -285,11 +291,14 @@ class Trainer:
             if cfg_path.is_file():
                 before = json.loads(cfg_path.read_text(encoding="utf-8"))
                 for key in RESUME_FIXED:
-                    if key in before and before[key] != getattr(self.cfg, key):
-                        raise ConfigError(f"cannot resume {self.model_dir}: --{key} was {before[key]!r}, now "
-                                          f"{getattr(self.cfg, key)!r}; use the same value or a new --model_dir")
+                    was, now = before.get(key), getattr(resolved, key)
+                    if key not in before or was == now or (key in RESOLVED and was is None):
+                        continue   # (None under RESOLVED: a config.json written before they were resolved)
+                    how = (" (as resolved from the flag, else the model or the data)" if key in RESOLVED else "")
+                    raise ConfigError(f"cannot resume {self.model_dir}: --{key} was {was!r}, now {now!r}{how}; "
+                                      f"use the same value or a new --model_dir")
         if self.chief:
-            io.write_text(cfg_path, self.cfg.to_json())
+            io.write_text(cfg_path, resolved.to_json())
             io.write_text(spec_path, self.spec.to_json())
 
     def _build(self):
@@ -522,9 +531,7 @@ class Trainer:
                     for key in ("loss", "grad_norm"):
                         if not math.isfinite(logs[key]) and not (key == "grad_norm" and cfg.dtype == "float16"):
                             self._nonfinite(step, "loss" if key == "loss" else "gradient norm", logs[key])
-                    logs["learning_rate"] = lr_at(step - 1, peak=self.peak_lr, warmup_steps=self.warmup_steps,
-                                                  total_steps=self.total_steps, schedule=cfg.schedule,
-                                                  minimum=cfg.min_learning_rate)
+                    logs["learning_rate"] = float(self.schedule(step - 1))   # the rate this step used
                     if step % ckpt_every == 0 or step == self.total_steps:
                         self._save(step)
                     if step % cfg.log_every == 0 or step == self.total_steps:

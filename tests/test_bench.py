@@ -47,7 +47,25 @@ def test_ab_bench_interleaves_and_reports_the_ratio(models):
     assert len(res.a.latencies_ms) == len(res.b.latencies_ms) == 6
     assert res.ratio == pytest.approx(res.a.fps / res.b.fps)
     assert res.to_dict()["fps_ratio_a_over_b"] == res.ratio and res.a.sha256 != res.b.sha256
-    assert isinstance(bench.ab_ratio(models["small"], models["small"], runs=2, warmup=0), float)
+
+
+def test_ab_bench_runs_abba_and_the_ratio_is_fps_a_over_b(monkeypatch):
+    """With fake interpreters (A takes 2 ms, B 5 ms): the call order and the numbers, exactly."""
+    calls = []
+
+    class FakeRunner:
+        def __init__(self, model, threads, seed):
+            self.name, self.sha256, self.dtype = model, model, "int8"
+
+        def once(self):
+            calls.append(self.name)
+            return {"A": 2.0, "B": 5.0}[self.name]
+
+    monkeypatch.setattr(bench, "_Runner", FakeRunner)
+    res = bench.ab_bench("A", "B", runs=4, warmup=1)
+    assert "".join(calls) == "AB" + "ABBA" * 2  # one warm-up pair, then A B B A A B B A
+    assert res.a.latencies_ms == [2.0] * 4 and res.b.latencies_ms == [5.0] * 4
+    assert res.a.fps == 500.0 and res.b.fps == 200.0 and res.ratio == 2.5
 
 
 @pytest.mark.parametrize("kwargs, message", [({"runs": 0}, "runs must be"), ({"threads": 0}, "threads must be"),
@@ -75,8 +93,12 @@ def test_cli_bench_exports_models_first(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bench-cpu", "missing.tflite"], "does not exist"),
+    (["bench-cpu", "missing.tflite"], "TFLite file 'missing.tflite' does not exist"),
+    (["bench-cpu", "missing.TFLite"], "TFLite file 'missing.TFLite' does not exist"),
     (["bench-cpu", "nope_model"], "unknown model 'nope_model'"),
+    (["bench-cpu", "model.onnx"], "'model.onnx' is neither a registered model nor a model file ran-keras reads; "
+                                  "`ran bench-cpu` takes a .tflite file, a registered name"),
+    (["bench-cpu", "ran_e_gt", "--vs", "other.pb"], "'other.pb' is neither"),  # checked before any export
 ])
 def test_cli_bench_errors(argv, message, capsys):
     assert main(argv) == 2

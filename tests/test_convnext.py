@@ -11,7 +11,7 @@ from ran_keras import registry
 from ran_keras.builder import load_model
 from ran_keras.errors import SpecError
 from ran_keras.models.convnext import (CONVNEXT_CONFIGS, RAN_I_CONFIGS, convnext_spec, drop_path_rates,
-                                       model_drop_path, scale_convnext, with_drop_path)
+                                       model_drop_path, with_drop_path)
 from ran_keras.profile import profile_model, profile_spec
 from ran_keras.spec import BlockSpec, NetworkSpec, scale_depth, stage_depths
 
@@ -58,15 +58,12 @@ def test_paper_macs_are_ours_plus_fvcore_layernorm_flops(name):
 
 
 def test_ran_i_is_convnext_tiny_scaled_by_round():
-    base = ran_keras.get_spec("convnext_tiny")
     for name, cfg in RAN_I_CONFIGS.items():
         spec = ran_keras.get_spec(name)
         base_widths = CONVNEXT_CONFIGS["convnext_tiny"]["widths"]
         assert stage_widths(spec) == [int(math.floor(w * cfg["wm"] + 0.5)) for w in base_widths]
         assert list(stage_depths(spec)) == [int(math.floor(d * cfg["dm"] + 0.5)) for d in (3, 3, 9, 3)]
         assert spec.stem[0].channels == stage_widths(spec)[0]
-        again = scale_convnext(base, cfg["wm"], cfg["dm"], name=name, drop_path=cfg["drop_path"])
-        assert again.stages == spec.stages and again.family == "convnext"
         assert spec.family == "ran_i" and registry.get_entry(name).paper.top1_final is not None
 
 

@@ -45,11 +45,14 @@ def test_imagenet_pipeline_on_mock_data(tf, tmp_path):
         assert x.shape == (4, 48, 48, 3) and x.dtype == np.float32
         assert -1.0 - 1e-6 <= x.min() and x.max() <= 1.0 + 1e-6          # normalised with the spec's mean/std
         assert y.shape == (4, 1000) and np.allclose(y.sum(axis=1), 1.0)  # one-hot, mixed
+    # mixup/CutMix ran (seeded, so always the same batches): some rows carry two classes
+    assert max(int((y > 0).sum(axis=1).max()) for _, y in epoch0) == 2
     # a second pass over the epoch, resumed after one batch, sees exactly the same (augmented) batches
     assert all(np.array_equal(a[0], b) for a, b in zip(epoch0[1:], skipped))
     assert not np.array_equal(epoch0[0][0], epoch1)                                 # reshuffled per epoch
     assert sum(len(y) for _, y in evals) == 10 and evals[-1][0].shape[0] == 2      # whole split, partial batch
-    assert all(np.array_equal(y.sum(axis=1), np.ones(len(y))) for _, y in evals)
+    for _, y in evals:                                                              # never mixed: one-hot
+        assert set(np.unique(y)) <= {0.0, 1.0} and np.array_equal(y.sum(axis=1), np.ones(len(y)))
 
 
 def test_unknown_dataset_and_unprepared_imagenet(tmp_path):
@@ -103,10 +106,30 @@ def test_image_folder(tf, tmp_path, photos):
     assert sum(len(b[1]) for b in _pipeline(cfg, source, size=24).eval()) == 3
     (tmp_path / "empty" / "a").mkdir(parents=True)
     (tmp_path / "empty" / "b").mkdir()
-    with pytest.raises(ConfigError, match="no images"):
+    with pytest.raises(ConfigError, match="no images .*formats TensorFlow decodes: .jpg, .jpeg, .png, .bmp, .gif"):
         datasets.load_source(cfg.replace(image_folder=str(tmp_path / "empty")))
     with pytest.raises(ConfigError, match="is not a folder"):
         datasets.load_source(cfg.replace(image_folder=str(tmp_path / "missing")))
+    Image.fromarray(photos[0]).save(tmp_path / "imgs" / "cat" / "extra.tif")
+    with pytest.raises(ConfigError, match=r"1 image\(s\) .* are .tif .*extra.tif.*TensorFlow cannot decode"):
+        datasets.load_source(cfg)
+
+
+def test_image_folder_with_split_sub_folders(tf, tmp_path, photos):
+    from PIL import Image
+    from ran_keras import datasets
+    for split, count in (("train", 3), ("test", 2)):
+        for c, name in enumerate(("cat", "dog")):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.roll(photos[c], 5 * i, axis=0)).save(tmp_path / "imgs" / split / name / f"{i}.png")
+    cfg = resolve_config("none", {"image_folder": str(tmp_path / "imgs"), "batch_size": 2})
+    source = datasets.load_source(cfg)            # train/ + test/: 2 classes, test/ held out
+    assert (source.num_classes, source.train_examples, source.eval_examples) == (2, 6, 4)
+    assert "(test/)" in source.description
+    (tmp_path / "only" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"only the sub-folder\(s\) train/, which name splits.*DIR/test/"):
+        datasets.load_source(cfg.replace(image_folder=str(tmp_path / "only")))
 
 
 # --- augmentation ops ----------------------------------------------------------------------------
@@ -154,8 +177,14 @@ def test_policies_are_seeded_and_valid(tf, photos):
     for o in outs:
         assert o.shape == x.shape and o.min() >= 0 and o.max() <= 255
     assert len(augment.IMAGENET_POLICY) == 25 and all(len(s) == 2 for s in augment.IMAGENET_POLICY)
-    ra = augment.randaugment(x, tf.constant([1, 1], tf.int64), num_layers=2, magnitude=9, magnitude_std=0.5).numpy()
-    assert ra.shape == x.shape and 0 <= ra.min() and ra.max() <= 255
+    ras = [augment.randaugment(x, tf.constant([1, i], tf.int64), num_layers=2, magnitude=9, magnitude_std=0.5).numpy()
+           for i in range(3)]
+    for ra in ras:
+        assert ra.shape == x.shape and 0 <= ra.min() and ra.max() <= 255
+    assert not np.allclose(ras[0], photos[1])               # this seed applies at least one op
+    assert len({r.tobytes() for r in ras}) > 1              # and other seeds other ops
+    again = augment.randaugment(x, tf.constant([1, 0], tf.int64), num_layers=2, magnitude=9, magnitude_std=0.5)
+    assert np.array_equal(ras[0], again.numpy())
 
 
 def test_mixup_and_cutmix_labels(tf):

@@ -10,7 +10,7 @@ from ran_keras.cli import main
 from ran_keras.export import calibration as cal
 from ran_keras.export.errors import CalibrationError, ExportError, FloatTensorError, TFLiteFileError
 from ran_keras.export.flatbuffer import check_integer_only, inspect_tflite
-from ran_keras.export.pipeline import export_model
+from ran_keras.export.pipeline import default_output, export_model, model_label, resolve_model_arg
 from ran_keras.export.tflite import compare_with_keras, to_tflite
 
 
@@ -100,7 +100,7 @@ def test_export_needs_a_fixed_input_size(keras):
 def test_compare_reads_logits_before_softmax(tiny, calib, tiny_int8):
     agree = compare_with_keras(tiny, tiny_int8, calib)
     assert agree["compared"] == "logits" and agree["images"] == 4
-    assert 0.0 <= agree["top1_agreement"] <= 1.0
+    assert agree["top1_agreement"] >= 0.75  # 4/4 measured; int8 may flip at most one near-tie
     # int8 logits are within a few quantisation steps of the float logits
     assert agree["max_abs_error"] < 0.1 * agree["reference_abs_max"] + 1e-6
     fp32 = compare_with_keras(tiny, to_tflite(tiny, int8=False), calib)
@@ -215,6 +215,35 @@ def test_cli_export_json(tmp_path, capsys):
     assert rep["calibration"]["source"] == "photos"
 
 
+def test_output_names_use_the_canonical_activation(tmp_path, tiny):
+    from pathlib import Path
+    import ran_keras
+    assert model_label("ran_e_b", None) == model_label("ran_e_b", "default") == "ran_e_b"
+    assert model_label("ran_e_b", "hswish") == model_label("ran_e_b", "Hard-Swish") == "ran_e_b_hard_swish"
+    assert default_output("ran_e_b", "default", int8=False) == Path("ran_e_b_fp32.tflite")
+    assert default_output("ran_e_b", "hswish") == Path("ran_e_b_hard_swish_int8.tflite")
+    spec_path = ran_keras.get_spec("ran_e_gt").save(tmp_path / "my_file.json")
+    assert default_output(str(spec_path), folder=tmp_path) == tmp_path / "ran_e_gt_int8.tflite"
+    tiny.save(tmp_path / "tiny.keras")
+    assert default_output(str(tmp_path / "tiny.keras")) == Path("tiny_int8.tflite")
+
+
+def test_model_arguments_resolve_by_suffix_in_any_case(tmp_path):
+    import ran_keras
+    ran_keras.get_spec("ran_e_gt").save(tmp_path / "GT.JSON")
+    ref = resolve_model_arg(str(tmp_path / "GT.JSON"), "relu6")
+    assert ref.origin == "spec" and ref.label == "ran_e_gt_relu6" and ref.spec.activation == "relu6"
+    ref = resolve_model_arg("ran_e_gt", "default")
+    assert ref.origin == "registered" and ref.activation is None and ref.spec == ran_keras.get_spec("ran_e_gt")
+    (tmp_path / "m.TFLITE").write_bytes(b"TFL3")
+    ref = resolve_model_arg(str(tmp_path / "m.TFLITE"), command="ran vela", tflite=True)
+    assert ref.origin == "tflite" and ref.label == "m"
+    with pytest.raises(ExportError, match="already a TFLite file; `ran export` takes a registered name"):
+        resolve_model_arg(str(tmp_path / "m.TFLITE"))
+    with pytest.raises(ExportError, match="--activation applies to specs, not to .tflite files"):
+        resolve_model_arg(str(tmp_path / "m.TFLITE"), "relu6", tflite=True)
+
+
 def test_cli_export_text_and_fp32(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["export", "ran_e_b", "--input-size", "32", "--fp32", "--no-compare", "--activation", "relu6"]) == 0
@@ -228,7 +257,14 @@ def test_cli_export_text_and_fp32(tmp_path, capsys, monkeypatch):
     (["export", "ran_e_gt", "-o", "x.bin"], "must end in .tflite"),
     (["export", "ran_e_gt", "--fp32", "--per-tensor"], "--per-tensor applies to int8"),
     (["export", "ran_e_gt", "--calibration", "webcam"], "unknown calibration source"),
-    (["export", "missing.keras"], "does not exist"),
+    (["export", "missing.keras"], "model file 'missing.keras' does not exist"),
+    (["export", "missing.H5"], "model file 'missing.H5' does not exist"),
+    (["export", "missing.JSON"], "spec file 'missing.JSON' does not exist"),
+    (["export", "gt.tflite"], "'gt.tflite' is already a TFLite file; `ran export` takes a registered name, a spec "
+                              ".json or a .keras/.h5 model (use `ran vela` or `ran bench-cpu` on .tflite files)"),
+    (["export", "GT.TFLITE"], "'GT.TFLITE' is already a TFLite file"),
+    (["export", "model.onnx"], "'model.onnx' is neither a registered model nor a model file ran-keras reads"),
+    (["export", "ran_e_gt", "--activation", "tanhh"], "unknown activation 'tanhh'"),
 ])
 def test_cli_export_errors(argv, message, capsys):
     assert main(argv) == 2

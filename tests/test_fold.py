@@ -13,7 +13,7 @@ from ran_keras.cli import main
 from ran_keras.data import offline_photos
 from ran_keras.layers import BorderBias, SharedAlphaPReLU
 from ran_keras.profile import profile_model, profile_spec
-from ran_keras.rewrite import FoldError, fold
+from ran_keras.rewrite import FoldError, fold, format_report
 from ran_keras.spec import afrb_sites, map_blocks, realize_afrbs
 
 from conftest import ALL_MODELS
@@ -126,14 +126,17 @@ def test_default_policy_merges_only_plain_smaller_chains():
     assert report.count("chain") == 0 and kinds(new).count("Conv2D") == 2
 
 
-def test_residual_identity_folds_into_the_kernel():
+@pytest.mark.parametrize("kind", ["Conv2D", "DepthwiseConv2D", "Dense"])
+def test_residual_identity_folds_into_the_kernel(kind):
     inp = keras.Input((7, 6, 5))
-    y = L.Conv2D(5, 3, padding="same", name="r_conv")(inp)
-    y = L.BatchNormalization(name="r_bn")(y)
+    layer = {"Conv2D": lambda: L.Conv2D(5, 3, padding="same", name="r_conv"),
+             "DepthwiseConv2D": lambda: L.DepthwiseConv2D(3, padding="same", name="r_conv"),
+             "Dense": lambda: L.Dense(5, name="r_conv")}[kind]()
+    y = L.BatchNormalization(name="r_bn")(layer(inp))
     out = L.Add(name="r_add")([y, inp])
     model = randomize_bn(keras.Model(inp, L.ReLU()(out)))
     new, report = fold(model, samples=0)
-    assert kinds(new) == ["InputLayer", "Conv2D", "ReLU"]
+    assert kinds(new) == ["InputLayer", kind, "ReLU"]
     assert [f.kind for f in report.folds] == ["bn"] and report.folds[0].residual
     assert "r_add" in report.folds[0].layers
     x = batch((7, 6, 5))
@@ -169,9 +172,20 @@ def test_a_chain_with_an_activation_in_the_middle_is_left_alone_and_reported():
     assert rel_max(model(x), new(x)) <= 1e-5
 
 
-def _afrb_like(dilation=1, groups=1):
+def test_another_layer_between_two_linear_layers_is_reported_as_unsupported_not_as_a_non_linearity():
+    inp = keras.Input((6, 6, 4))
+    x = L.Conv2D(8, 1, name="p_conv")(inp)
+    x = L.GlobalAveragePooling2D(name="p_pool")(x)
+    model = keras.Model(inp, L.Dense(3, name="p_fc")(x))
+    _, report = fold(model, chains="always", samples=0)
+    (skip,) = report.skipped
+    assert skip.layers == ["p_conv", "p_pool", "p_fc"]
+    assert "an unsupported layer (GlobalAveragePooling2D)" in skip.reason and "non-linearity" not in skip.reason
+
+
+def _afrb_like(dilation=1, groups=1, size=8):
     """A hand-built AFRB with alpha = 1 whose depthwise conv is dilated or expansion grouped."""
-    inp = keras.Input((8, 8, 4))
+    inp = keras.Input((size, size, 4))
     alpha = SharedAlphaPReLU(1.0, name="u_alpha")
     x = alpha(inp, complement=True)
     x = L.Conv2D(8, 1, use_bias=False, groups=groups, name="u_expand")(x)
@@ -245,8 +259,40 @@ def test_a_border_map_needs_a_fixed_input_size():
     assert report.count("chain") == 0
     new, report = fold(model, chains="always", samples=0)     # only depthwise -> project merges
     assert kinds(new) == ["InputLayer", "Conv2D", "Conv2D"] and report.border_maps == 0
-    assert any("fixed input_shape" in s.reason for s in report.skipped)
+    assert any("input size is not fixed" in s.reason and "input_shape=" in s.reason for s in report.skipped)
+    # MACs of an unknown size are unknown, per fold as in total (not per pixel)
+    (rec,) = [f for f in report.folds if f.kind == "chain"]
+    assert rec.macs_before is None and rec.macs_after is None and report.before["macs"] is None
+    assert "MACs" in format_report(report)
     x = batch((5, 7, 4))
+    assert rel_max(model(x), new(x)) <= 1e-5
+
+
+def test_an_afrb_that_needs_a_border_map_needs_a_fixed_input_size():
+    model = _afrb_like(size=None)
+    with pytest.raises(FoldError, match=r"input size is not fixed.*input_shape=.*--skip-unsupported"):
+        fold(model, samples=0)
+    new, report = fold(model, on_unsupported="skip", samples=0)
+    assert report.count("afrb") == 0 and any("AFRB not collapsed" in s.reason for s in report.skipped)
+    x = batch((7, 6, 4))
+    assert rel_max(model(x), new(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("stride,size", [(1, 7), (1, 8), (2, 7), (2, 8)])
+def test_bn_before_a_depthwise_conv_folds_into_a_depthwise_conv_with_a_border_map(stride, size):
+    """BN -> 3x3 depthwise -> BN: the first BN's shift is a bias before the depthwise conv's padding."""
+    inp = keras.Input((size, size + 1, 5))
+    x = L.BatchNormalization(name="q_pre_bn")(inp)
+    x = L.DepthwiseConv2D(3, strides=stride, padding="same", name="q_dw")(x)
+    x = L.BatchNormalization(name="q_bn")(x)
+    model = randomize_bn(keras.Model(inp, L.ReLU(name="out")(x)), seed=size + stride)
+    model.get_layer("q_dw").bias.assign(np.random.default_rng(stride).normal(0, 1, 5))
+    new, report = fold(model, chains="always", samples=0)
+    assert kinds(new) == ["InputLayer", "DepthwiseConv2D", "BorderBias", "ReLU"]
+    (rec,) = [f for f in report.folds if f.kind == "chain"]
+    assert rec.border_map and rec.layers == ["q_pre_bn", "q_dw", "q_bn"]
+    assert new.layers[1].strides == (stride, stride) and rec.macs_after == rec.macs_before
+    x = batch((size, size + 1, 5), n=3)
     assert rel_max(model(x), new(x)) <= 1e-5
 
 
@@ -394,10 +440,13 @@ def test_cli_folds_a_saved_model(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     src = tmp_path / "in.keras"
     _afrb_like(dilation=2).save(src)
+    (tmp_path / "dir.keras").mkdir()
     cases = [(["fold", str(tmp_path / "none.keras"), str(tmp_path / "o.keras")], "does not exist"),
              (["fold", str(src), str(src)], "is the input"),
              (["fold", str(src), str(tmp_path / "o.txt")], "must be a .keras or .h5"),
-             (["fold", str(src), str(tmp_path / "o.keras"), "--alpha-band", "1.1", "1.2"], "low <= 1 <= high"),
+             (["fold", str(src), str(tmp_path / "o.keras"), "--alpha-band", "1.1", "1.2"],
+              "--alpha-band LO HI must have LO <= 1 <= HI, got 1.1 1.2"),
+             (["fold", str(tmp_path / "dir.keras"), str(tmp_path / "o.keras")], "is a directory"),
              (["fold", str(src), str(tmp_path / "o.keras")], "dilation_rate")]
     for argv, needle in cases:
         assert main(argv) == 2

@@ -75,12 +75,22 @@ def test_single_layer_residual_block_has_no_skip_to_count():
     assert row.residual and row.widths == (16, 16) and row.possible == 0 and row.mass == 0
 
 
-@pytest.mark.parametrize("e", [1, 2, 4, 6, 0.5])
-def test_prop3_constants(e):
-    assert k_resnet(e) * resnet_bottleneck_mass(10, e) == pytest.approx(resnet_bottleneck_units(10, e))
-    assert k_convnext(e) * convnext_block_mass(10, e * 10) == pytest.approx(convnext_block_units(10, e * 10))
-    assert k_resnet(e) == pytest.approx(2 * e * (2 + e) / (1 + 2 * e))
-    assert k_convnext(e) == pytest.approx(3 * e / (2 + e))
+def uniform_ibn(e):
+    """IBNs with residuals (the bottleneck chain w, e w, e w, w) in two stages; linear stem and transition."""
+    stages = tuple(tuple(BlockSpec("ibn", channels=c, expansion=e) for _ in range(n)) for c, n in ((16, 3), (24, 2)))
+    return NetworkSpec(name="uniform", stem=(BlockSpec("conv", channels=16, norm=None, activation="linear"),),
+                       stages=(stages[0], (BlockSpec("conv", channels=24, kernel=1, activation="linear"),) + stages[1]))
+
+
+# k_R = 2e(2 + e) / (1 + 2e) and k_C = 3e / (2 + e), by hand: e = 4 gives 2*4*6/9 and 12/6
+# (e = 1 is left out: an IBN without expansion has no expand conv, so it is not the bottleneck chain)
+@pytest.mark.parametrize("e, k_r, k_c", [(4, 48 / 9, 2.0), (2, 3.2, 1.5), (3, 30 / 7, 1.8), (6, 96 / 13, 2.25)])
+def test_prop3_constants_by_hand_and_as_x_over_m_of_built_specs(e, k_r, k_c):
+    assert k_resnet(e) == pytest.approx(k_r) and k_convnext(e) == pytest.approx(k_c)
+    ibn = nn_mass(uniform_ibn(e))
+    assert ibn.nonlinear_units / ibn.mass == pytest.approx(k_r)
+    convnext = nn_mass(convnext_spec("cx", [8, 16], [2, 3], expansion=e))
+    assert convnext.nonlinear_units / convnext.mass == pytest.approx(k_c)
 
 
 @pytest.mark.parametrize("name", ["convnext_tiny", "convnext_small", "convnext_base", "ran_i_tiny", "ran_i_small",
@@ -104,10 +114,7 @@ def test_convnext_tiny_numbers():
 
 @pytest.mark.parametrize("e", [2, 4, 6])
 def test_prop3_identity_on_a_uniform_ibn_network(e):
-    stages = tuple(tuple(BlockSpec("ibn", channels=c, expansion=e) for _ in range(n)) for c, n in ((16, 3), (24, 2)))
-    spec = NetworkSpec(name="uniform", stem=(BlockSpec("conv", channels=16, norm=None, activation="linear"),),
-                       stages=(stages[0], (BlockSpec("conv", channels=24, kernel=1, activation="linear"),) + stages[1]))
-    result = nn_mass(spec)
+    result = nn_mass(uniform_ibn(e))
     assert result.mass == pytest.approx(resnet_bottleneck_mass(3 * 16 + 2 * 24, e))
     assert result.nonlinear_units == pytest.approx(k_resnet(e) * result.mass)
 

@@ -29,7 +29,7 @@ def _apply_bn(y, bn, dtype):
 
 # --- one random chain: its reference (tf.nn, layer by layer) and its linear units --------------
 
-SHAPES = ("1x1-dw-1x1", "1x1-dw", "dw-1x1", "1x1-1x1", "bn-dw-1x1", "1x1-conv-1x1", "dw")
+SHAPES = ("1x1-dw-1x1", "1x1-dw", "dw-1x1", "1x1-1x1", "bn-dw-1x1", "bn-dw", "1x1-conv-1x1", "dw")
 
 
 @st.composite
@@ -68,7 +68,7 @@ def _layers(cfg):
         if cfg["bns"][i]:
             out.append(("bn", _bn(rng, c)))
 
-    if shape == "bn-dw-1x1":
+    if shape.startswith("bn"):
         out.append(("bn", _bn(rng, cin)))
     if shape.startswith("1x1"):
         out.append(("pointwise", (rng.normal(0, 1, (cin, mid)), bias(0, mid))))
@@ -137,6 +137,8 @@ def check_chain(cfg):
     layers = _layers(cfg)
     units = _units(layers)
     folded = compose(units)
+    # a depthwise conv with only per-channel units around it stays depthwise (linear.compose's own path)
+    assert folded.depthwise == (cfg["shape"] in ("dw", "bn-dw")), cfg
     if cfg["residual"]:
         folded = folded.with_identity()
     rng = np.random.default_rng(cfg["seed"] + 1)
@@ -168,6 +170,9 @@ def test_fold_equals_the_chain_on_random_configs():
     assert {c["shape"] for c in seen} == set(SHAPES)
     assert {c["kernel"] for c in seen} == {1, 3, 5, 7} and {c["stride"] for c in seen} == {1, 2}
     assert {c["h"] % 2 for c in seen} == {0, 1} and any(c["residual"] for c in seen)
+    # the depthwise path with a bias (the BN shift) before a k > 1 depthwise conv: a border map
+    dw_bias = [c for c in seen if c["shape"] == "bn-dw" and c["kernel"] > 1]
+    assert {c["stride"] for c in dw_bias} == {1, 2} and {c["h"] % 2 for c in dw_bias} == {0, 1}
 
 
 @pytest.mark.parametrize("stride,size", [(1, 6), (1, 7), (2, 6), (2, 7), (2, 1)])
@@ -239,16 +244,23 @@ def test_bn_fold_into_grouped_and_multiplier_kernels():
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
 
 
-def test_depthwise_chain_stays_depthwise():
+@pytest.mark.parametrize("stride,size,residual", [(1, (8, 7), False), (1, (7, 8), True), (2, (8, 7), False),
+                                                  (2, (7, 8), False), (2, (1, 2), False)])
+def test_depthwise_chain_stays_depthwise(stride, size, residual):
+    """BN -> 5x5 depthwise (bias) -> BN folds into one depthwise conv plus a border map, equal to the
+    unfolded layers: the BN shift before the depthwise conv is the bias its zero padding does not see."""
     rng = np.random.default_rng(1)
-    units = [Pointwise(rng.uniform(0.5, 2, 5), rng.normal(size=5)),
-             Spatial(rng.normal(size=(5, 5, 5)), rng.normal(size=5), (2, 2), "same", depthwise=True),
-             Pointwise(rng.uniform(0.5, 2, 5), rng.normal(size=5))]
-    f = compose(units)
-    assert f.depthwise and f.kernel.shape == (5, 5, 5) and f.dense_kernel().shape == (5, 5, 5, 5)
-    x = rng.normal(size=(1, 8, 7, 5))
-    dense = Folded(f.dense_kernel(), f.bias, f.strides, f.padding, f.tap_bias)
-    np.testing.assert_allclose(_run_folded(x, f, tf.float64), _run_folded(x, dense, tf.float64), atol=1e-12)
+    layers = [("bn", _bn(rng, 5)), ("dw", (rng.normal(size=(5, 5, 5)), rng.normal(size=5), stride)),
+              ("bn", _bn(rng, 5))]
+    f = compose(_units(layers))
+    if residual:
+        f = f.with_identity()
+    assert f.depthwise and f.kernel.shape == (5, 5, 5) and f.tap_bias is not None
+    assert f.needs_border_map(size)
+    x = rng.normal(size=(2,) + size + (5,))
+    assert _rel(_reference(x, layers, residual, tf.float64), _run_folded(x, f, tf.float64)) < 1e-10
+    x32 = x.astype(np.float32)
+    assert _rel(_reference(x32, layers, residual, tf.float32), _run_folded(x32, f, tf.float32)) <= 1e-5
 
 
 def test_unsupported_chains_raise_clear_errors():

@@ -184,7 +184,7 @@ def test_unconstrained_nn_mass_pushes_depth_to_the_top_of_its_range(paper_sweep)
 
 
 def test_min_width_constraint(base, paper_sweep):
-    constrained = run_sweep(base, paper_budgets(), grid=(0.005, 0.02), min_width=64)
+    constrained = run_sweep(base, paper_budgets(min_width=64), grid=(0.005, 0.02))
     for free, kept in zip(paper_sweep.budgets, constrained.budgets):
         assert kept.inside <= free.inside
         assert all(constrained.candidates.widths[i].min() >= 64 for i in kept.ranked)
@@ -192,7 +192,7 @@ def test_min_width_constraint(base, paper_sweep):
     free = paper_sweep.candidates.row(paper_sweep.budgets[0].chosen)
     assert min(chosen["widths"]) >= 64 > min(free["widths"]) and chosen["dm"] < free["dm"]
     with pytest.raises(ScaleError, match="min_width must be a positive number of channels"):
-        run_sweep(base, paper_budgets(), min_width=0)
+        paper_budgets(min_width=0)
 
 
 def test_min_width_per_budget(base):
@@ -209,10 +209,80 @@ def test_min_width_per_budget(base):
         scale.parse_widths("64,0")
 
 
-def test_budget_nothing_fits(base):
+def test_budget_nothing_fits_says_why(base):
     result = run_sweep(base, make_budgets([1e6], None), samples=50, seed=0)
     assert result.budgets[0].chosen is None
-    assert "none to rank" in scale.format_report(result)
+    c = result.candidates
+    reach = (f"the 50 candidates reach MACs {scale.fmt_count(c.macs.min())}-{scale.fmt_count(c.macs.max())} and "
+             f"params {scale.fmt_count(c.params.min())}-{scale.fmt_count(c.params.max())}")
+    assert (f"H1: MACs 1.00M ±2%: 0 of 50 candidates inside, 0 distinct architectures - none to rank: {reach}; "
+            "MACs 1.00M ±2% (980.00K-1.02M) is below all of them: change the target, or move the --wm/--dm ranges "
+            "(or --base) so that candidates reach it") in scale.format_report(result)
+
+
+def test_nothing_fits_because_of_the_width_floor(base):
+    result = run_sweep(base, paper_budgets(min_width=[500, 76, 87]), grid=(0.01, 0.02))
+    c, h1 = result.candidates, result.budgets[0]
+    fit = h1.budget.contains(c.macs, c.params)
+    widest = c.widths.min(axis=1)[fit].max()
+    assert h1.chosen is None and fit.sum() > 0 and 50 < widest < 500
+    message = scale.format_report(result).split("\n\nH1: ")[1].split("\n")[0]
+    assert message.endswith(f"{fit.sum()} meet the targets but the width floor removed all of them: their narrowest "
+                            f"stage has at most {widest} channels, the floor is 500: lower --min-width to at most "
+                            f"{widest}")
+    assert "--grid" not in message and "sample" not in message
+    assert "lower --min_width to at most" in scale.format_report(result, sep="_")
+
+
+def test_nothing_fits_when_the_two_targets_disagree_or_samples_are_sparse(base):
+    result = run_sweep(base, paper_budgets(), samples=800, seed=0)      # H3 at ±2%: WORKSPACE.md
+    message = scale.nothing_fits(result, result.budgets[2])
+    assert "12 meet the MACs target and 15 the params target, none both: widen --tolerance, or give only one" in message
+    sparse = run_sweep(base, make_budgets([4e9], None, 0.001), samples=20, seed=0)
+    assert scale.nothing_fits(sparse, sparse.budgets[0]).endswith(
+        "0 meet the MACs target: sample more (--samples), use a --grid, or widen --tolerance")
+    grid = run_sweep(base, make_budgets([4e9], None, 0.001), grid=(0.5, 0.5))
+    assert scale.nothing_fits(grid, grid.budgets[0]).endswith(
+        "0 meet the MACs target: use a finer --grid step or widen --tolerance")
+
+
+def test_a_non_uniform_stage_names_the_block_that_differs(base):
+    stages = list(base.stages)
+    stages[2] = stages[2][:2] + (stages[2][2].replace(kernel=3),) + stages[2][3:]
+    with pytest.raises(ScaleError) as err:
+        ConvNeXtFamily.from_spec(base.replace(stages=tuple(stages)))
+    assert ("--base convnext_tiny: stages[2][2]: this 'convnext' block has kernel 3 where stages[2][9] has kernel 7; "
+            "a stage's 'convnext' blocks must be identical (drop_path aside)") in str(err.value)
+    stages = list(base.stages)
+    stages[1] = (stages[1][0], stages[1][0]) + stages[1][1:]
+    with pytest.raises(ScaleError, match=r"stages\[1\]\[1\]: is a 'convnext_down' block; a stage may start with one"):
+        ConvNeXtFamily.from_spec(base.replace(stages=tuple(stages)))
+
+
+def test_seed_and_sweep_size_limits():
+    with pytest.raises(ScaleError, match="--seed must be an integer >= 0, got -1"):
+        sample_multipliers((0.5, 1.0), (1.0, 2.0), samples=10, seed=-1)
+    with pytest.raises(ScaleError, match="--samples 5,000,001 is more than the 5,000,000 candidates"):
+        sample_multipliers((0.5, 1.0), (1.0, 2.0), samples=scale.MAX_CANDIDATES + 1)
+    with pytest.raises(ScaleError, match=r"makes 264,633,101 candidates \(13,501 x 19,601\), more than the 5,000,000"):
+        sample_multipliers(scale.PAPER_WM, scale.PAPER_DM, grid=(0.0001, 0.0001))
+    assert len(sample_multipliers(scale.PAPER_WM, scale.PAPER_DM, grid=(0.005, 0.01))[0]) == 271 * 197
+    assert scale.sweep_options() == {"wm": scale.PAPER_WM, "dm": scale.PAPER_DM, "samples": 800, "seed": 0,
+                                     "grid": None}
+    with pytest.raises(ScaleError, match="--samples and --grid exclude each other"):
+        scale.sweep_options(samples=10, grid=(0.1, 0.1))
+    with pytest.raises(ScaleError, match="--seed applies to --samples"):
+        scale.sweep_options(seed=1, grid=(0.1, 0.1))
+
+
+def test_plot_labels_the_input_size(base, tmp_path, monkeypatch):
+    import matplotlib.figure
+    labels = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: labels.append(
+        fig.axes[0].get_xlabel()))
+    result = run_sweep(base, make_budgets([1e9], None, 0.2), samples=20, input_size=160)
+    scale.plot_sweep(result, tmp_path / "p.png")
+    assert labels == ["MACs (billions, 160x160)"]
 
 
 def test_chosen_spec_is_written_and_accepted_by_ran_profile(base, tmp_path, capsys):
@@ -245,8 +315,9 @@ def test_cli_text_json_and_plot(capsys, tmp_path):
     assert code == 0 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [b["name"] for b in data["budgets"]] == ["H1", "H2", "H3"]
     assert [b["min_width"] for b in data["budgets"]] == [64] * 3 and data["settings"]["grid"] == [0.02, 0.05]
+    assert [len(b["top"]) for b in data["budgets"]] == [5, 5, 0]      # H3's two targets do not fit together at ±2%
     assert all(min(t["widths"]) >= 64 for b in data["budgets"] for t in b["top"])
-    assert set(data["written"]["specs"]) <= {"H1", "H2", "H3"} and "wrote" in err
+    assert sorted(data["written"]["specs"]) == ["H1", "H2"] and "wrote" in err
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -257,6 +328,7 @@ def test_cli_text_json_and_plot(capsys, tmp_path):
     (["--macs", "3e9", "--tolerance", "5"], "did you mean 5%?"),
     (["--macs", "3e9", "--samples", "10", "--grid", "0.1"], "not allowed with argument"),
     (["--macs", "3e9", "--min-width", "wide"], "argument --min-width: must be a channel count"),
+    (["--macs", "3e9", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
 ])
 def test_cli_usage_errors(capsys, argv, words):
     with pytest.raises(SystemExit) as exc:
@@ -275,6 +347,9 @@ def test_cli_usage_errors(capsys, argv, words):
     (["--paper-budgets", "--min-width", "64,76"], "--min-width has 2 values for 3 budgets"),
     (["--paper-budgets", "--prefix", "9lives"], "--prefix '9lives' does not make a valid spec name"),
     (["--paper-budgets", "--drop-path", "1.5"], "--drop-path must be in [0, 1), got 1.5"),
+    (["--paper-budgets", "--grid", "0.0001"], "makes 264,633,101 candidates (13,501 x 19,601), more than the "
+                                              "5,000,000 a sweep evaluates at once; use a larger step"),
+    (["--paper-budgets", "--samples", "5000001"], "--samples 5,000,001 is more than the 5,000,000 candidates"),
 ])
 def test_cli_errors_are_one_line(capsys, argv, words):
     code, _, err = run(capsys, "scale", *argv)
@@ -296,6 +371,32 @@ def test_absl_experiment_writes_every_output(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ran_keras.experiments.scale", f"--out_dir={tmp_path / 'x'}",
                           "--macs=3.3X"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "unknown unit 'X'" in bad.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--paper_budgets", "--seed=-1"], "--seed must be an integer >= 0, got -1"),
+    (["--paper_budgets", "--grid=0.1", "--samples=10"], "--samples and --grid exclude each other"),
+    (["--paper_budgets", "--grid=0.1", "--seed=3"], "--seed applies to --samples; a --grid sweep is not random"),
+    (["--paper_budgets", "--grid=0.0001"], "makes 264,633,101 candidates"),
+    (["--paper_budgets", "--macs=3B"], "--paper_budgets sets --macs and --params itself"),
+    (["--paper_budgets", "--min_width=64,76"], "--min_width has 2 values for 3 budgets"),
+    (["--paper_budgets", "--top=0"], "--top must be a positive integer, got 0"),
+])
+def test_absl_experiment_refuses_what_ran_scale_refuses(tmp_path, flags, words):
+    out = tmp_path / "x"
+    proc = subprocess.run([sys.executable, "-m", "ran_keras.experiments.scale", f"--out_dir={out}", *flags],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("ran_keras.experiments.scale: error: ") and words in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not out.exists()
+
+
+def test_cli_defaults_are_the_library_constants(capsys):
+    with pytest.raises(SystemExit):
+        main(["scale", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default %g:%g, the paper's)" % scale.PAPER_WM in text
+    assert "(default %g:%g, the paper's)" % scale.PAPER_DM in text
+    assert f"(default {scale.DEFAULT_SAMPLES}, as in the paper; at most {scale.MAX_CANDIDATES:,})" in text
 
 
 def test_absl_scale_shares_flags_with_train_in_one_process(tmp_path):

@@ -43,7 +43,6 @@ def test_penalty_equals_lambda_sum_squares_on_known_alphas():
         penalty = search.alpha_penalty(variables, 0.3)
     expected = 0.3 * (0.75 ** 2 + 0 + 0.5 ** 2 + 1.5 ** 2)
     assert float(penalty) == pytest.approx(expected, rel=1e-6)
-    assert search.alpha_penalty_value(values, 0.3) == pytest.approx(expected)
     grads = tape.gradient(penalty, variables)
     assert [float(g) for g in grads] == pytest.approx([2 * 0.3 * (a - 1) for a in values], rel=1e-6)
 
@@ -136,20 +135,16 @@ def test_search_run_logs_alphas_and_writes_a_usable_spec(tmp_path, capsys):
 
 
 def test_logged_penalty_matches_alphas(tmp_path):
+    from ran_keras import training
     captured = []
 
-    class Capture:
+    class Capture(training.Callback):
         def on_train_begin(self, trainer):
             self.read = search.alpha_variables(trainer.model, afrb_spec())
 
         def on_step_end(self, trainer, step, logs):
             captured.append((logs["alpha_penalty"], [float(v.numpy()) for v in self.read]))
 
-        def on_epoch_end(self, *a): ...
-
-        def on_train_end(self, *a): ...
-
-    from ran_keras import training
     lam = 0.25
     spec = afrb_spec()
     probe = Capture()
@@ -159,24 +154,19 @@ def test_logged_penalty_matches_alphas(tmp_path):
     trainer.run()
     # step 1's penalty is computed on the initial alphas (all 0.5)
     assert captured[0][0] == pytest.approx(lam * 4 * 0.25, rel=1e-6)
-    assert captured[1][0] == pytest.approx(search.alpha_penalty_value(captured[0][1], lam), rel=1e-5)
+    # step 2's penalty is computed on the alphas after step 1
+    assert captured[1][0] == pytest.approx(lam * sum((a - 1) ** 2 for a in captured[0][1]), rel=1e-5)
 
 
 def test_nan_during_search_stops_cleanly(tmp_path):
+    from ran_keras import training
     from ran_keras.training import NonFiniteLossError
 
-    class PoisonAlpha:
-        def on_train_begin(self, trainer): ...
-
+    class PoisonAlpha(training.Callback):
         def on_step_end(self, trainer, step, logs):
             if step == 2:
                 search.alpha_variables(trainer.model, afrb_spec())[0].assign(float("nan"))
 
-        def on_epoch_end(self, *a): ...
-
-        def on_train_end(self, *a): ...
-
-    from ran_keras import training
     cfg = search_cfg(tmp_path, checkpoint_every=1)
     logger = search.AlphaLogger(afrb_spec(), tmp_path, search.DEFAULT_BAND)
     with pytest.raises(NonFiniteLossError, match="at step 3.*ckpt-2"):
@@ -185,7 +175,9 @@ def test_nan_during_search_stops_cleanly(tmp_path):
                            search.alpha_variables(m, afrb_spec()), 0.1)})
     rows = search.read_alpha_csv(tmp_path / "alphas.csv", 4)
     assert [r[0] for r in rows] == [0, 1, 2]                     # flushed and closed on the way out
-    assert not (tmp_path / "derived_spec.json").exists()
+    assert logger._fh is None and (tmp_path / "alphas.png").is_file()
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.suffix == ".index")
+    assert ckpts == ["ckpt-1.index", "ckpt-2.index"]              # the poisoned step 3 was not saved
 
 
 def test_lambda_sweep_writes_a_summary(tmp_path):
@@ -199,3 +191,35 @@ def test_lambda_sweep_writes_a_summary(tmp_path):
     # same seed and batches: lambda = 1 pulls every alpha at least as far towards 1 as lambda = 0 does
     assert all(a1 >= a0 - 1e-6 for a0, a1 in zip(results[0].alphas, results[1].alphas))
     assert sum(results[1].alphas) > sum(results[0].alphas)
+
+
+def test_width_is_applied_once_to_the_searched_supernet(tmp_path):
+    """--width scales the SuperNet once: the model trained, search.json and derived_spec.json agree."""
+    res = search.run_search(search_cfg(tmp_path, width=0.5, epochs=1, steps_per_epoch=1), afrb_spec(), lam=0.1,
+                            log=lambda _: None)
+    trained = NetworkSpec.load(tmp_path / "model.spec.json")     # written from the model that was trained
+    assert trained.name == "tiny_super_w0.5" == res.supernet.name
+    assert trained == res.supernet == NetworkSpec.load(tmp_path / "spec.json")
+    assert [s.out_channels for s in afrb_sites(trained)] == [4, 4, 8, 8]      # 8, 8, 16, 16 at width 1
+    derived = {s.path: s for s in NetworkSpec.load(tmp_path / "derived_spec.json").sites}
+    assert [derived[s.path].out_channels for s in afrb_sites(trained)] == [4, 4, 8, 8]
+    assert json.loads((tmp_path / "search.json").read_text())["supernet"] == "tiny_super_w0.5"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lambdas=0.01,-1"], "--lambdas: each value must be a number >= 0, got -1.0"),
+    (["--lambdas=0.01,x"], "--lambdas: 'x' is not a number"),
+    (["--lambda=-1"], "--lambda must be a number >= 0, got -1.0"),
+    (["--derived_activation=relu7"], "--derived_activation: unknown activation 'relu7' (did you mean 'relu'?)"),
+    (["--lambdas=0,1", "--derived_activation=relu7"], "--derived_activation: unknown activation 'relu7'"),
+    (["--derived_name=bad name"], "--derived_name: must start with a letter"),
+    (["--lambdas=0,1", "--derived_name=mine"], "--derived_name=mine names the spec of a single search"),
+    (["--demo", "--derived_name=mine"], "--derived_name=mine names the spec of a single search"),
+])
+def test_bad_search_flags_fail_before_training(tmp_path, capsys, args, message):
+    from ran_keras.cli import main
+    model = [] if "--demo" in args else [f"--model={tmp_path / 'super.json'}", "--recipe=digits", "--image_size=16"]
+    afrb_spec().save(tmp_path / "super.json")
+    assert main(["search", *model, f"--model_dir={tmp_path / 'run'}", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()                        # nothing was trained or written

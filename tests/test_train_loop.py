@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import pytest
 
 from ran_keras.recipes import ConfigError, resolve_config
 from ran_keras.spec import BlockSpec, NetworkSpec
+from ran_keras.training import Callback
 
 
 def tiny_spec(name="tiny"):
@@ -27,13 +29,11 @@ def tiny_cfg(model_dir, **kw):
     return resolve_config("digits", values)
 
 
-class RaiseAt:
+class RaiseAt(Callback):
     """Stops a run by raising at a step, after snapshotting the optimizer's variables at ``snap``."""
 
     def __init__(self, step, snap=None):
         self.step, self.snap, self.saved = step, snap, None
-
-    def on_train_begin(self, trainer): ...
 
     def on_step_end(self, trainer, step, logs):
         if step == self.snap:
@@ -41,14 +41,11 @@ class RaiseAt:
         if step == self.step:
             raise KeyboardInterrupt(f"stop at {step}")
 
-    def on_epoch_end(self, trainer, epoch, logs): ...
 
-    def on_train_end(self, trainer, stopped): ...
+class OnBegin(Callback):
+    """Records the step and the optimizer's variables a (resumed) run starts from."""
 
-
-class OnBegin(RaiseAt):
     def __init__(self):
-        super().__init__(step=None)
         self.begin_step, self.begin_vars = None, None
 
     def on_train_begin(self, trainer):
@@ -113,27 +110,48 @@ def test_resume_restores_optimizer_slots_and_matches_uninterrupted(straight, tmp
     assert again.steps == 6 and again.resumed_from == 6
 
 
-def test_resume_refuses_another_model_or_batch(straight):
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 16}, "--batch_size was 8, now 16"),
+    ({"steps_per_epoch": 4}, "--steps_per_epoch was 3, now 4"),
+    ({"steps_per_epoch": None}, "--steps_per_epoch was 3, now 179 (as resolved"),   # 1437 training digits // 8
+    ({"image_size": 24}, "--image_size was 16, now 24"),
+    ({"validation_fraction": 0.3}, "--validation_fraction was 0.2, now 0.3"),
+    ({"shuffle_buffer": 64}, "--shuffle_buffer was 10000, now 64"),
+    ({"seed": 1}, "--seed was 0, now 1"),
+])
+def test_resume_refuses_settings_that_change_data_order_or_schedule(straight, change, message):
     from ran_keras.training import train
+    _, out = straight
+    with pytest.raises(ConfigError, match=re.escape(f"cannot resume {out}: {message}")):
+        train(tiny_cfg(out, **change), tiny_spec())
+
+
+def test_resume_refuses_another_model_and_compares_resolved_values(straight):
+    from ran_keras.training import Trainer, train
     _, out = straight
     with pytest.raises(ConfigError, match="different architecture"):
         train(tiny_cfg(out), tiny_spec("other"))
-    with pytest.raises(ConfigError, match="--batch_size was 8, now 16"):
-        train(tiny_cfg(out, batch_size=16), tiny_spec())
+    # no image size at all (not even the recipe's): it resolves to the spec's 16, the size the run was
+    # trained at, so resuming is allowed
+    trainer = Trainer(tiny_cfg(out).replace(image_size=None), tiny_spec())
+    trainer._setup()
+    trainer._check_model_dir()
+    assert trainer.image_size == 16
+    assert json.loads((out / "config.json").read_text())["image_size"] == 16
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     from ran_keras.backend import tf
     from ran_keras.training import NonFiniteLossError, train
 
-    class Poison(RaiseAt):
+    class Poison(Callback):
         def on_step_end(self, trainer, step, logs):
             if step == 3:
                 kernel = trainer.model.get_layer("tiny_stem_block1_conv").kernel
                 kernel.assign(tf.fill(kernel.shape, float("nan")))
 
     with pytest.raises(NonFiniteLossError) as err:
-        train(tiny_cfg(tmp_path, checkpoint_every=2), tiny_spec(), callbacks=[Poison(step=None)])
+        train(tiny_cfg(tmp_path, checkpoint_every=2), tiny_spec(), callbacks=[Poison()])
     msg = str(err.value)
     assert "non-finite loss (nan) at step 4" in msg and "ckpt-2" in msg and "not saved" in msg
     assert err.value.step == 4 and err.value.checkpoint.endswith("ckpt-2")
@@ -164,9 +182,12 @@ def test_convnext_recipe_trains_a_tiny_convnext(tmp_path):
 
 def test_bfloat16_mixed_precision_step(tmp_path):
     from ran_keras.backend import keras
-    from ran_keras.training import train
-    result = train(tiny_cfg(tmp_path, dtype="bfloat16", epochs=1, steps_per_epoch=2), tiny_spec())
+    from ran_keras.training import Trainer
+    trainer = Trainer(tiny_cfg(tmp_path, dtype="bfloat16", epochs=1, steps_per_epoch=2), tiny_spec())
+    result = trainer.run()
     assert result.steps == 2 and np.isfinite(result.final["eval_loss"])
+    conv = trainer.model.get_layer("tiny_stem_block1_conv")
+    assert (conv.compute_dtype, conv.variable_dtype) == ("bfloat16", "float32")   # trained in mixed bfloat16
     assert keras.mixed_precision.global_policy().name == "float32"   # restored after the run
 
 

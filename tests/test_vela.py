@@ -12,6 +12,7 @@ from ran_keras.export.errors import (CpuOpsError, FloatTensorError, TFLiteFileEr
                                      VelaConfigError, VelaError, VelaNotInstalledError)
 from ran_keras.export.tflite import to_tflite
 
+PEAKS = {"u55-128": 128, "u65-256": 256, "u65-256-384k": 256, "u85-256": 256}  # MACs/cycle of each accelerator
 NAMED = {"u55-128": ("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram"),
          "u65-256": ("ethos-u65-256", "Ethos_U65_High_End", "Dedicated_Sram"),
          "u65-256-384k": ("ethos-u65-256", "Ethos_U65_High_End", "Dedicated_Sram_384KB"),
@@ -111,12 +112,24 @@ def test_bad_targets(target, error, message):
 
 # --- compiling and reading the report ------------------------------------------------------------------
 
+def test_utilisation_by_hand():
+    assert vela.utilisation(1_600_000, 25_000, 128) == 0.5      # 1.6M MACs / (25k cycles x 128)
+    assert vela.utilisation(2_560_000, 40_000, 256) == 0.25
+    assert vela.utilisation(100, 0, 128) == 0.0                 # no cycles: nothing measured
+
+
 def test_run_vela_on_every_named_target(small, tmp_path):
+    import csv
     for name in NAMED:
         rep = vela.run_vela(small, name, tmp_path / name)
         assert rep.target == name and rep.accelerator == NAMED[name][0] and not rep.cpu_ops
         assert rep.cycles_total >= rep.cycles_npu > 0 and rep.nn_macs > 0 and rep.npu_ops > 0
-        assert rep.utilisation == pytest.approx(rep.nn_macs / (rep.cycles_total * rep.peak_macs_per_cycle))
+        with open(tmp_path / name / rep.files["summary_csv"], newline="") as f:
+            summary = next(csv.DictReader(f))  # Vela's own figures, read here independently of the parser
+        assert (rep.cycles_total, rep.nn_macs) == (int(float(summary["cycles_total"])), int(float(summary["nn_macs"])))
+        assert rep.peak_macs_per_cycle == PEAKS[name]
+        assert rep.utilisation == pytest.approx(
+            float(summary["nn_macs"]) / (float(summary["cycles_total"]) * PEAKS[name]))
         assert rep.inference_time * rep.core_clock == pytest.approx(rep.cycles_total, rel=1e-6)
         assert rep.inferences_per_second == pytest.approx(1 / rep.inference_time, rel=1e-6)
         assert rep.sram_cap == (384.0 if name.endswith("384k") else None)
@@ -240,6 +253,15 @@ def test_cli_vela_json_and_text(small, tmp_path, capsys):
     assert "SRAM cap 384 KiB" in out and "top 3 layers by cycles" in out and "NPU utilisation" in out
 
 
+def test_cli_vela_takes_tflite_suffixes_in_any_case(small, tmp_path, capsys):
+    upper = tmp_path / "SMALL.TFLITE"
+    upper.write_bytes(small.read_bytes())
+    assert main(["vela", str(upper), "-t", "u55-128", "--output-dir", str(tmp_path / "out"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reports"][0]["network"] == "SMALL"
+    assert main(["vela", str(upper), "-t", "u55-128", "--activation", "relu6"]) == 2
+    assert "--activation applies to specs, not to .tflite files" in capsys.readouterr().err
+
+
 def test_cli_vela_exports_a_model_first(tmp_path, capsys):
     assert main(["vela", "ran_e_gt", "--input-size", "32", "--samples", "1", "-t", "u55-128",
                  "--output-dir", str(tmp_path), "--json"]) == 0
@@ -252,7 +274,10 @@ def test_cli_vela_exports_a_model_first(tmp_path, capsys):
     (["vela"], "give a .tflite file"),
     (["vela", "x.tflite", "-t", "u99"], "unknown target 'u99'"),
     (["vela", "x.tflite", "--memory-mode", "Shared_Sram"], "needs all of --accelerator-config"),
-    (["vela", "missing.tflite", "-t", "u55-128"], "does not exist"),
+    (["vela", "missing.tflite", "-t", "u55-128"], "TFLite file 'missing.tflite' does not exist"),
+    (["vela", "model.TFLITE", "-t", "u55-128"], "TFLite file 'model.TFLITE' does not exist"),
+    (["vela", "model.onnx", "-t", "u55-128"], "'model.onnx' is neither a registered model nor a model file "
+                                             "ran-keras reads; `ran vela` takes a .tflite file"),
 ])
 def test_cli_vela_errors(argv, message, capsys):
     assert main(argv) == 2

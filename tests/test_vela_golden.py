@@ -52,6 +52,18 @@ def test_differences_flags_moves_over_two_percent():
     assert "not measured" in golden.differences({}, gold)[0]
 
 
+def test_a_missing_golden_file_says_where_it_lives(tmp_path, monkeypatch, capsys):
+    with pytest.raises(FileNotFoundError, match="no golden file at .*none.json; run with --write"):
+        golden.load(tmp_path / "none.json")
+    # an installed package: export/ has no tests/ beside it
+    monkeypatch.setattr(golden, "DEFAULT_FILE", tmp_path / "site" / "tests" / "data" / "golden.json")
+    assert golden.main([]) == 2 and golden.main(["--write"]) == 2  # before exporting anything
+    assert "run the golden check from a source checkout" in capsys.readouterr().err
+    assert not (tmp_path / "site").exists()
+    assert golden.main(["--file", str(tmp_path / "none.json")]) == 1
+    assert "no golden file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("model", golden.GOLDEN_MODELS)
 def test_full_size_models_run_entirely_on_the_npu(measured, model):
     for target in ("u55-128", "u65-256"):

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from ran_keras.cli.common import CliError, add_json_arg, emit_json, nonneg_int, positive_int
-
-HWTABLE_ACTIVATIONS = ("default", "relu6", "hard_swish")
 
 
 def _csv_list(value: str) -> List[str]:
@@ -31,14 +29,20 @@ def _progress(msg: str) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, int8_flags: bool = True) -> None:
+    from ran_keras.export import calibration as cal
+    from ran_keras.export.hwtable import Settings
     p.add_argument("--input-size", type=positive_int, help="square input size (default: the spec's, 224)")
-    p.add_argument("--classes", type=positive_int, default=1000, help="classifier size (default 1000)")
+    p.add_argument("--classes", type=positive_int, default=Settings.classes,
+                   help=f"classifier size (default {Settings.classes})")
     p.add_argument("--activation", help="replace every non-linearity (e.g. relu6, hard_swish); specs only")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="weights and calibration crops seed (default 0)")
-    p.add_argument("--calibration", default="photos", metavar="SOURCE",
-                   help="representative data: photos (default; offline scikit-image/scikit-learn photos), random, "
-                        "folder:PATH (or a directory), tfds:NAME[:SPLIT] (prepared locally; nothing is downloaded)")
-    p.add_argument("--samples", type=positive_int, default=8, help="calibration images (default 8)")
+    p.add_argument("--seed", type=nonneg_int, default=Settings.seed,
+                   help=f"weights and calibration crops seed (default {Settings.seed})")
+    p.add_argument("--calibration", default=cal.DEFAULT_SOURCE, metavar="SOURCE",
+                   help=f"representative data (default {cal.DEFAULT_SOURCE}): photos (offline scikit-image/"
+                        "scikit-learn photos), random, folder:PATH (or a directory), tfds:NAME[:SPLIT] (prepared "
+                        "locally; nothing is downloaded)")
+    p.add_argument("--samples", type=positive_int, default=cal.DEFAULT_COUNT,
+                   help=f"calibration images (default {cal.DEFAULT_COUNT})")
     p.add_argument("--tfds-data-dir", help="TFDS data_dir for --calibration tfds:...")
     p.add_argument("--input-mean", type=_floats, help="override the input mean (0-255 scale; saved Keras models "
                                                         "carry none, default 127.5)")
@@ -48,6 +52,8 @@ def _add_model_args(p: argparse.ArgumentParser, *, int8_flags: bool = True) -> N
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ran_keras.export import hwtable
+    defaults = hwtable.Settings  # its fields' defaults are the library's
     p = sub.add_parser("export", help="export a model to int8 (or fp32) TFLite and check it",
                        description="Build a registered model or spec (seeded weights), or load a saved .keras/.h5 "
                                    "model, convert it to full-integer int8 TFLite (int8 input/output), list its "
@@ -88,19 +94,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "normalised to efficientnet_lite_b0 on the same target, NPU utilisation and "
                                    "CPU-op counts. Writes hwtable.md/.csv/.json/.png into --output-dir.")
     p.add_argument("--models", type=_csv_list, help="comma-separated models (default: the 10 of Tables 1-2)")
-    p.add_argument("--targets", type=_csv_list, help="comma-separated targets (default u55-128,u65-256,u65-256-384k)")
-    p.add_argument("--activation", default="default",
-                   help="default (each model's own), relu6 or hard_swish everywhere")
+    p.add_argument("--targets", type=_csv_list,
+                   help=f"comma-separated targets (default {','.join(hwtable.DEFAULT_TARGETS)})")
+    p.add_argument("--activation", default=defaults.activation, metavar="|".join(hwtable.ACTIVATIONS),
+                   help="default (each model's own), relu6 or hard_swish everywhere (aliases such as hswish work)")
     p.add_argument("--output-dir", default="out/hwtable", help="output folder (default out/hwtable)")
-    p.add_argument("--input-size", type=positive_int, default=224, help="input size (default 224)")
-    p.add_argument("--classes", type=positive_int, default=1000)
-    p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--calibration", default="photos", metavar="SOURCE", help="as for `ran export` (default photos)")
-    p.add_argument("--samples", type=positive_int, default=8, help="calibration images (default 8)")
+    p.add_argument("--input-size", type=positive_int, default=defaults.input_size,
+                   help=f"input size (default {defaults.input_size})")
+    p.add_argument("--classes", type=positive_int, default=defaults.classes,
+                   help=f"classifier size (default {defaults.classes})")
+    p.add_argument("--seed", type=nonneg_int, default=defaults.seed, help=f"seed (default {defaults.seed})")
+    p.add_argument("--calibration", default=defaults.calibration, metavar="SOURCE",
+                   help=f"as for `ran export` (default {defaults.calibration})")
+    p.add_argument("--samples", type=positive_int, default=defaults.samples,
+                   help=f"calibration images (default {defaults.samples})")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales")
     p.add_argument("--no-compare", action="store_true", help="skip the int8-vs-Keras comparison")
-    p.add_argument("--jobs", type=positive_int, default=2, help="conversion worker processes / parallel Vela "
-                                                                "compiles (default 2)")
+    p.add_argument("--jobs", type=positive_int, default=defaults.jobs,
+                   help=f"conversion worker processes / parallel Vela compiles (default {defaults.jobs})")
     p.add_argument("--no-cache", action="store_true", help="convert again even when out/tflite has the model")
     p.add_argument("--fail-on-cpu-ops", action="store_true", help="exit 1 when any operator falls back to the CPU")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -159,17 +170,14 @@ def _print_export(rep: Dict[str, Any]) -> None:
 
 
 def cmd_export(args) -> int:
-    from ran_keras.export.pipeline import is_keras_file
+    from ran_keras.export.pipeline import default_output
     int8 = not args.fp32
     if args.per_tensor and not int8:
         raise CliError("--per-tensor applies to int8 exports, not --fp32")
     output = args.output
     if output is None:
-        stem = Path(args.model).stem if (is_keras_file(args.model) or args.model.endswith(".json")) else args.model
-        if args.activation:
-            stem += f"_{args.activation}"
-        output = f"{stem}_{'int8' if int8 else 'fp32'}.tflite"
-    elif not output.endswith(".tflite"):
+        output = str(default_output(args.model, args.activation, int8))
+    elif Path(output).suffix.lower() != ".tflite":
         raise CliError(f"--output must end in .tflite, got {output!r}")
     result = _export(args, args.model, int8=int8, compare=not args.no_compare, output=output)
     if args.json:
@@ -255,16 +263,15 @@ def cmd_vela(args) -> int:
         return _list_targets(args)
     if not args.model:
         raise CliError("give a .tflite file (or a model to export) to compile, or --list-targets")
+    from ran_keras.export.pipeline import output_name, resolve_model_arg
     targets = _targets(args)
-    tflite = args.model
+    ref = resolve_model_arg(args.model, args.activation, command="ran vela", tflite=True)
     export_report = None
-    if not tflite.endswith(".tflite"):
-        out = Path(args.output_dir)
-        result = _export(args, args.model, int8=True, compare=False)
-        tflite = str(out / f"{result.report['model']}_int8.tflite")
-        from ran_keras import io
-        io.write_bytes(tflite, result.tflite)
-        export_report = result.report
+    if ref.origin == "tflite":
+        tflite = str(ref.path)
+    else:
+        tflite = str(Path(args.output_dir) / output_name(ref.label))
+        export_report = _export(args, args.model, int8=True, compare=False, output=tflite).report
         _progress(f"exported {args.model} -> {tflite}")
     reports = []
     for tgt in targets:
@@ -287,57 +294,52 @@ def cmd_vela(args) -> int:
 # --- hwtable --------------------------------------------------------------------------------------
 
 def cmd_hwtable(args) -> int:
-    from ran_keras.activations import canonical
     from ran_keras.export import hwtable
     from ran_keras.export.errors import CpuOpsError
-    activation = args.activation
-    if activation != "default":
-        activation = canonical(activation, "--activation")
     settings = hwtable.Settings(
         models=tuple(args.models or hwtable.DEFAULT_MODELS), targets=tuple(args.targets or hwtable.DEFAULT_TARGETS),
-        activation=activation, input_size=args.input_size, classes=args.classes, seed=args.seed,
+        activation=args.activation, input_size=args.input_size, classes=args.classes, seed=args.seed,
         calibration=args.calibration, samples=args.samples, per_channel=not args.per_tensor,
-        compare=not args.no_compare, jobs=args.jobs, cache=not args.no_cache, fail_on_cpu_ops=False)
-    from ran_keras.export.calibration import parse_source
-    parse_source(settings.calibration)
-    doc = hwtable.run(settings, args.output_dir, progress=_progress)
+        compare=not args.no_compare, jobs=args.jobs, cache=not args.no_cache, fail_on_cpu_ops=args.fail_on_cpu_ops)
+    try:
+        doc, failure = hwtable.run(settings, args.output_dir, progress=_progress), None
+    except CpuOpsError as err:  # --fail-on-cpu-ops: the table is finished and written; show it, then fail
+        if err.document is None:
+            raise
+        doc, failure = err.document, err
     if args.json:
         emit_json(doc, args.json)
     else:
         print(hwtable.render_text(doc, markdown=args.markdown), end="")
-    cpu = [(m["label"], t, e["cpu_op_count"]) for m in doc["models"] for t, e in m["targets"].items()
-           if e["cpu_op_count"]]
-    if cpu and args.fail_on_cpu_ops:
-        print("ran hwtable: error: " + str(CpuOpsError(
-            "operators fall back to the CPU in: " + ", ".join(f"{m} on {t} ({n})" for m, t, n in cpu))),
-            file=sys.stderr)
+    if failure is not None:
+        print(f"ran hwtable: error: {failure}", file=sys.stderr)
         return 1
     return 0
 
 
 # --- bench-cpu ------------------------------------------------------------------------------------
 
-def _bench_model(args, model: str) -> Any:
-    """A path or the bytes of an exported model."""
-    if model.endswith(".tflite"):
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"TFLite file {model!r} does not exist")
-        return model
-    result = _export(args, model, int8=not args.fp32, compare=False)
-    return result.tflite
-
-
-def _label(model: str, args) -> str:
-    return model if model.endswith(".tflite") else f"{model} ({'fp32' if args.fp32 else 'int8'})"
+def _bench_models(args, models: List[str]) -> List[Tuple[Any, str]]:
+    """(path or exported bytes, label) per MODEL argument; every argument is checked before any export."""
+    from ran_keras.export.pipeline import resolve_model_arg
+    refs = [resolve_model_arg(m, args.activation, command="ran bench-cpu", tflite=True) for m in models]
+    out = []
+    for model, ref in zip(models, refs):
+        if ref.origin == "tflite":
+            out.append((str(ref.path), model))
+        else:
+            data = _export(args, model, int8=not args.fp32, compare=False).tflite
+            out.append((data, f"{model} ({'fp32' if args.fp32 else 'int8'})"))
+    return out
 
 
 def cmd_bench(args) -> int:
     from ran_keras.export import bench
-    a = _bench_model(args, args.model)
-    if args.vs:
-        b = _bench_model(args, args.vs)
+    (a, label_a), *rest = _bench_models(args, [args.model] + ([args.vs] if args.vs else []))
+    if rest:
+        b, label_b = rest[0]
         res = bench.ab_bench(a, b, threads=args.threads, runs=args.runs, warmup=args.warmup, seed=args.seed)
-        res.a.model, res.b.model = _label(args.model, args), _label(args.vs, args)
+        res.a.model, res.b.model = label_a, label_b
         if args.json:
             emit_json(res.to_dict(), args.json)
             return 0
@@ -348,7 +350,7 @@ def cmd_bench(args) -> int:
               f"{args.threads} thread(s))")
         return 0
     res = bench.bench_tflite(a, threads=args.threads, runs=args.runs, warmup=args.warmup, seed=args.seed)
-    res.model = _label(args.model, args)
+    res.model = label_a
     if args.json:
         emit_json(dict(res.to_dict(), machine=bench.machine()), args.json)
         return 0

@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 
-from ran_keras.cli.common import CliError, add_json_arg, emit_json, positive_int
+from ran_keras.cli.common import CliError, add_json_arg, emit_json, nonneg_int, positive_int
 
 EXAMPLE = """examples:
   ran scale --base convnext_tiny --macs 3.3e9 --params 21e6 --tolerance 2% --samples 800 --seed 0
@@ -48,16 +48,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the paper's H1/H2/H3: (3.3B MACs, 21M params), (4.5B, 28M), (8.5B, 50M)")
     p.add_argument("--tolerance", type=_flag("parse_tolerance", "--tolerance"), default=0.02,
                    metavar="PCT", help="how far from each target a candidate may be: 2%% (default) or 0.02")
-    p.add_argument("--wm", type=_flag("parse_range", "--wm"), default=(0.25, 1.6), metavar="LO:HI",
+    # defaults spelled out here rather than read from ran_keras.scale: importing it loads numpy, which
+    # `ran` start-up does not pay for; tests check they equal scale.PAPER_WM, PAPER_DM, DEFAULT_SAMPLES
+    p.add_argument("--wm", type=_flag("parse_range", "--wm"), default=None, metavar="LO:HI",
                    help="width multiplier range (default 0.25:1.6, the paper's)")
-    p.add_argument("--dm", type=_flag("parse_range", "--dm"), default=(0.6, 2.56), metavar="LO:HI",
+    p.add_argument("--dm", type=_flag("parse_range", "--dm"), default=None, metavar="LO:HI",
                    help="depth multiplier range (default 0.6:2.56, the paper's)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--samples", type=positive_int, default=None, metavar="N",
-                     help="N uniform random (wm, dm) pairs (default 800, as in the paper)")
+                     help="N uniform random (wm, dm) pairs (default 800, as in the paper; at most 5,000,000)")
     how.add_argument("--grid", type=_flag("parse_grid", "--grid"), metavar="STEP",
-                     help="every point of a grid with this step (or WSTEP,DSTEP) instead of random samples")
-    p.add_argument("--seed", type=int, default=None, help="random seed for --samples (default 0)")
+                     help="every point of a grid with this step (or WSTEP,DSTEP) instead of random samples "
+                          "(at most 5,000,000 points)")
+    p.add_argument("--seed", type=nonneg_int, default=None, help="random seed for --samples (default 0)")
     p.add_argument("--min-width", type=_flag("parse_widths", "--min-width"), metavar="C",
                    help="keep only candidates whose narrowest stage has at least C channels (Corollary 1); "
                         "one value for all budgets or one per budget (64,76,87)")
@@ -82,22 +85,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_scale(args) -> int:
     from ran_keras import registry, scale
 
-    if args.grid is not None and args.seed is not None:
-        raise CliError("--seed applies to --samples; a --grid sweep is not random")
-    if args.paper_budgets and (args.macs or args.params):
-        raise CliError("--paper-budgets sets --macs and --params itself; give one or the other")
     if args.plot and not args.plot.endswith(".png"):
         raise CliError(f"--plot writes a PNG; give a file name ending in .png, got {args.plot!r}")
     if args.mark and not args.plot:
         raise CliError("--mark only applies to --plot")
-    budgets = (scale.paper_budgets(args.tolerance, args.min_width) if args.paper_budgets
-               else scale.make_budgets(args.macs, args.params, args.tolerance, min_width=args.min_width))
+    budgets = scale.budgets_from_options(args.macs, args.params, paper=args.paper_budgets,
+                                         tolerance=args.tolerance, min_width=args.min_width)
+    options = scale.sweep_options(wm=args.wm or scale.PAPER_WM, dm=args.dm or scale.PAPER_DM, samples=args.samples,
+                                  seed=args.seed, grid=args.grid)
     base = registry.resolve_spec(args.base)
     scale.check_output_names(base, args.prefix, args.drop_path)
-    samples = None if args.grid else (args.samples or 800)
-    result = scale.run_sweep(base, budgets, wm=args.wm, dm=args.dm, samples=samples,
-                             seed=0 if args.seed is None else args.seed, grid=args.grid, input_size=args.input_size,
-                             classes=args.classes)
+    result = scale.run_sweep(base, budgets, **options, input_size=args.input_size, classes=args.classes)
     marks = scale.model_marks(args.mark, args.input_size, args.classes) if args.mark else ()
     written = scale.write_outputs(result, csv_path=args.csv, plot_path=args.plot, spec_dir=args.spec_dir,
                                   prefix=args.prefix, drop_path=args.drop_path, marks=marks)

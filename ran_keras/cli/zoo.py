@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ran_keras.cli.common import CliError, add_json_arg, emit_json, positive_int
@@ -74,22 +73,18 @@ def cmd_list(args) -> int:
 def _load(model: str, input_size: Optional[int], classes: int, activation: Optional[str]):
     """(profile, paper figures or None) for one command-line model argument."""
     from ran_keras import registry
+    from ran_keras.export.pipeline import resolve_model_arg  # the shared MODEL resolver (no TensorFlow)
     from ran_keras.profile import profile_model, profile_spec
-    from ran_keras.spec import with_activation
-    if model.endswith((".keras", ".h5")):
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"model file {model!r} does not exist")
+    ref = resolve_model_arg(model, activation, command="ran profile")
+    if ref.origin == "keras":
+        if input_size:
+            raise CliError("--input-size applies to specs, not to saved Keras models")
         from ran_keras.builder import load_model
-        if input_size or activation:
-            raise CliError("--input-size/--activation apply to specs, not to saved Keras models")
-        return profile_model(load_model(model)), None
-    spec = registry.resolve_spec(model)
-    if activation:
-        spec = with_activation(spec, activation)
+        return profile_model(load_model(ref.path)), None
     paper = None
-    if registry.is_registered(model) and (input_size in (None, 224)) and classes == 1000 and not activation:
+    if ref.origin == "registered" and (input_size in (None, 224)) and classes == 1000 and ref.activation is None:
         paper = registry.get_entry(model).paper
-    return profile_spec(spec, input_size=input_size, classes=classes), paper
+    return profile_spec(ref.spec, input_size=input_size, classes=classes), paper
 
 
 def _match(prof, paper) -> str:

@@ -23,8 +23,8 @@ class FoldRecord:
     kind: str                          # 'bn' | 'chain' | 'afrb' | 'residual'
     layers: List[str]                  # original layers it replaces (BNs, convs, the alpha, the Add)
     into: List[str]                    # layers of the new model
-    macs_before: int
-    macs_after: int
+    macs_before: Optional[int]         # None: the input size is not fixed
+    macs_after: Optional[int]
     border_map: bool = False           # a BorderBias (one constant ADD on the NPU) follows the conv
     border_map_values: int = 0
     residual: bool = False             # an Add(x, chain(x)) folded into the kernel as an identity
@@ -97,11 +97,14 @@ def fold(model, alpha_band: Optional[Sequence[float]] = DEFAULT_BAND, *, chains:
     (see ``ran_keras.rewrite.linear``); the report counts them. Grouped, dilated or
     depth-multiplier convolutions can still absorb a BN but never merge with other convs: a
     fold that needs that (an AFRB collapse, or ``chains='always'``) raises ``FoldError``, or with
-    ``on_unsupported='skip'`` is left alone and reported.
+    ``on_unsupported='skip'`` is left alone and reported. So does an AFRB collapse that needs a
+    border map in a model whose input size is not fixed (``chains='always'`` leaves such a chain
+    and reports it; ``'smaller'`` never merges chains that need a border map).
 
-    ``sample`` (an input batch; default: ``samples`` offline photos normalised to [-1, 1]) is run
-    through both models to report the output change; ``samples=0`` skips that. The original model
-    is not modified.
+    ``sample`` (an input batch; default: ``samples`` offline photos scaled to [-1, 1] for a square
+    1- or 3-channel input, seeded uniform noise in [-1, 1] for other image inputs; a model with
+    several inputs needs ``sample``) is run through both models to report the output change;
+    ``samples=0`` skips that. The original model is not modified.
     """
     band = _check_band(alpha_band)
     if chains not in g.POLICIES:
@@ -224,8 +227,12 @@ def _records(report: FoldReport, graph, builder, forced: Dict[str, float]) -> No
 
 
 def _middle_activations(graph, segs, report: FoldReport) -> None:
-    """Report chains left alone because an activation sits between two linear layers."""
-    from ran_keras.layers import SharedAlphaPReLU
+    """Report chains left alone because an activation (or another layer) sits between two linear layers."""
+    from ran_keras.backend import keras
+    from ran_keras.layers import HardSwish, SharedAlphaPReLU
+    kl = keras.layers
+    activations = (kl.Activation, kl.ReLU, kl.PReLU, kl.LeakyReLU, kl.ELU, kl.Softmax, kl.ThresholdedReLU,
+                   HardSwish)
     last = {seg.nodes[-1].key: seg for seg in segs}
     first = {seg.nodes[0].key: seg for seg in segs}
     for n in graph.nodes:
@@ -240,9 +247,9 @@ def _middle_activations(graph, segs, report: FoldReport) -> None:
         if before.key in last and after.key in first and last[before.key].units and first[after.key].units \
                 and last[before.key].units[-1].main is not None and first[after.key].units[0].main is not None:
             names = [last[before.key].units[-1].names[0], n.name, first[after.key].units[0].names[0]]
-            report.skipped.append(Skipped(names,
-                                          f"{type(n.layer).__name__} {n.name} is a non-linearity between two "
-                                          f"linear layers: not folded"))
+            what = ("a non-linearity" if isinstance(n.layer, activations)
+                    else f"an unsupported layer ({type(n.layer).__name__})")
+            report.skipped.append(Skipped(names, f"{n.name} is {what} between two linear layers: not folded"))
     for seg in segs:
         unit = seg.units[-1] if seg.units else None
         if unit is None or unit.activation == "linear":
@@ -258,12 +265,7 @@ def _middle_activations(graph, segs, report: FoldReport) -> None:
 def _summary(model) -> Dict[str, Any]:
     """Params and MACs (``ran_keras.profile.profile_model``); MACs None when the input size is not fixed."""
     from ran_keras.profile import profile_model
-    try:
-        prof = profile_model(model)
-    except TypeError:  # unknown spatial sizes: no MAC count
-        trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-        return {"params": int(model.count_params()), "trainable_params": trainable, "macs": None,
-                "macs_by_kind": None, "layers": len(model.layers) - len(model.inputs)}
+    prof = profile_model(model)
     return {"params": prof.params, "trainable_params": prof.trainable_params, "macs": prof.macs,
             "macs_by_kind": prof.macs_by_kind, "layers": len({r.name for r in prof.layers})}
 
@@ -271,7 +273,10 @@ def _summary(model) -> Dict[str, Any]:
 # --- checking on sample data -------------------------------------------------------------------
 
 def _sample(model, sample, samples: int) -> Optional[List[np.ndarray]]:
-    """A batch for every model input: the given one, or offline photos scaled to [-1, 1]."""
+    """A batch for every model input: the given one; for a square 1- or 3-channel image input,
+    offline photos scaled to [-1, 1]; else seeded random data (uniform in [-1, 1] for other image
+    inputs, normal for non-image ones); an unknown size counts as 224 (8 for non-image inputs);
+    None for several inputs (no check)."""
     if sample is not None:
         batch = sample if isinstance(sample, (list, tuple)) else [sample]
         return [np.asarray(b, np.float32) for b in batch]

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ran_keras.profile import conv_macs, depthwise_macs
 from ran_keras.rewrite import linear
 from ran_keras.rewrite.linear import FoldError
 
@@ -83,8 +84,7 @@ def _classify(layer, node, forced: Dict[str, float]) -> Tuple[str, Optional[str]
         if layer.name in forced:
             return ("relu" if _complement(node) else "identity"), layer.name, ""
         return "opaque", None, ""
-    layer_scale = getattr(ran_layers, "LayerScale", None)
-    if layer_scale is not None and isinstance(layer, layer_scale):
+    if isinstance(layer, ran_layers.LayerScale):
         return "scale", None, ""
     if isinstance(layer, kl.BatchNormalization):
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
@@ -208,11 +208,6 @@ class Unit:
         return self.main is not None and len(self.nodes) > 1
 
     @property
-    def channelwise(self) -> bool:
-        """A per-channel affine (standalone BN / scale, or a 1x1 stride-1 depthwise conv)."""
-        return self.op == "diag" or (self.op == "dw" and not self.spatial and self.blocker is None)
-
-    @property
     def pads(self) -> Tuple[Tuple[int, int], Tuple[int, int]]:
         return tuple(tuple(int(v) for v in p) for p in self.main_layer.padding) if self.op == "pad" else ((0, 0), (0, 0))
 
@@ -221,18 +216,21 @@ class Unit:
         return self.nodes[0].layer
 
     @property
-    def macs(self) -> int:
-        """Multiply-accumulates per image (unknown sizes count as 1)."""
-        n = _pixels(self.out_shape)
-        if self.op == "conv":
-            kh, kw = self.kernel_size
-            return n * kh * kw * (self.cin // self.main.layer.groups) * self.cout
-        if self.op == "dw":
-            kh, kw = self.kernel_size
-            return n * kh * kw * self.cout
-        if self.op == "dense":
-            return n * self.cin * self.cout
-        return 0
+    def macs(self) -> Optional[int]:
+        """Multiply-accumulates per image; None when the spatial size is unknown."""
+        return self._macs()
+
+    @property
+    def cost(self) -> int:
+        """``macs`` for planning: an unknown spatial size counts as 1 (MACs per output pixel)."""
+        return self._macs(unknown=1)
+
+    def _macs(self, unknown: Optional[int] = None) -> Optional[int]:
+        if self.op not in ("conv", "dw", "dense"):
+            return 0
+        groups = self.main.layer.groups if self.op == "conv" else 1
+        return _macs(self.out_shape, self.kernel_size, self.cin, self.cout, depthwise=self.op == "dw",
+                     groups=groups, unknown=unknown)
 
     def affine(self) -> linear.Unit:
         """This unit as a ``linear`` chain unit (only for units without a blocker; not for 'pad')."""
@@ -252,8 +250,23 @@ class Unit:
         return linear.Spatial(self.kernel, self.bias, self.strides, self.padding)
 
 
-def _pixels(shape) -> int:
-    return int(math.prod(1 if d is None else int(d) for d in shape[:-1]))
+def _macs(out_shape, kernel_size, cin: int, cout: int, *, depthwise: bool = False, groups: int = 1,
+          unknown: Optional[int] = None) -> Optional[int]:
+    """MACs of a conv / depthwise conv / dense with output ``out_shape`` (no batch axis), by
+    ``ran_keras.profile``'s cost functions; None if a size is unknown (unless ``unknown`` stands in).
+
+    The positions (every axis but channels) and the kh x kw taps are passed as the output size,
+    so non-square kernels and Dense layers on any rank count too (the functions square ``kernel``).
+    """
+    dims = out_shape[:-1]
+    if any(d is None for d in dims):
+        if unknown is None:
+            return None
+        dims = tuple(unknown if d is None else d for d in dims)
+    positions, taps = int(math.prod(int(d) for d in dims)), int(math.prod(kernel_size))
+    if depthwise:
+        return depthwise_macs(positions, taps, 1, cout)
+    return conv_macs(positions, taps, 1, cin, cout, groups)
 
 
 def _weights(layer) -> Dict[str, np.ndarray]:
@@ -382,11 +395,11 @@ class Group:
     start: int
     stop: int
     merged: bool                      # more than one unit: composed with linear.compose
-    border_map: bool = False
+    border_map: bool = False          # needs a BorderBias (decided by group_cost; rebuild follows it)
     residual: Optional[GNode] = None  # the Add whose identity branch is folded into the kernel
     required: bool = False            # covers a forced-alpha span (AFRB collapse)
-    macs_before: int = 0
-    macs_after: int = 0
+    macs_before: Optional[int] = 0   # None: the input size is not fixed
+    macs_after: Optional[int] = 0
 
 
 def required_spans(seg: Segment, graph: ModelGraph) -> Dict[str, Tuple[int, int]]:
@@ -442,34 +455,34 @@ def group_blocker(units: Sequence[Unit]) -> Optional[str]:
     return None
 
 
-def depthwise_group(units: Sequence[Unit]) -> bool:
-    """A depthwise conv with only per-channel units (and padding) around it stays depthwise."""
-    spatial = [u for u in units if u.spatial]
-    return (len(spatial) == 1 and spatial[0].op == "dw"
-            and all(u is spatial[0] or u.channelwise or u.op == "pad" for u in units))
+def fold_group(units: Sequence[Unit]) -> Tuple[linear.Folded, Optional[Tuple[Optional[int], ...]]]:
+    """The one layer a group becomes (for units ``group_blocker`` accepts), and the (H, W) input
+    size of its k x k op (None without one): its border map is ``folded.border_map(size)``."""
+    core = [u for u in units if u.op != "pad"]
+    folded = linear.compose([u.affine() for u in core])
+    if len(core) < len(units):  # group_blocker: bias-free 1x1s before the pad, a 'valid' op after it
+        folded.tap_bias = None  # the padded ring carries every bias: the fold has no border term
+    spatial = next((u for u in core if u.spatial), None)
+    return folded, (tuple(spatial.in_shape[:2]) if spatial is not None else None)
 
 
-def group_cost(units: Sequence[Unit]) -> Tuple[int, bool, Optional[str]]:
-    """(MACs of the merged layer, whether it needs a border map, problem) for mergeable units."""
-    last = units[-1]
-    spatial = next((u for u in units if u.spatial), None)
-    cin, cout = units[0].cin, last.cout
-    kh, kw = spatial.kernel_size if spatial else (1, 1)
-    macs = _pixels(last.out_shape) * kh * kw * (1 if depthwise_group(units) else cin) * cout
-    if spatial is None or spatial.padding == "valid" or (kh, kw) == (1, 1):
-        return macs, False, None
-    bias = np.zeros(cin)
-    for u in units[:units.index(spatial)]:
-        aff = u.affine()
-        bias = bias * aff.weight + aff.bias if aff.weight.ndim == 1 else bias @ aff.weight + aff.bias
-    if not np.any(bias):
-        return macs, False, None
-    size = spatial.in_shape[:2]
-    if any(s is None for s in size):
-        return macs, True, ("the input size is not fixed, and this fold needs a border map for a fixed "
-                            "size; rebuild the model with a fixed input_shape")
-    pads = [linear.same_padding(int(n), k, s) for n, k, s in zip(size, (kh, kw), spatial.strides)]
-    return macs, any(p != (0, 0) for p in pads), None
+def group_cost(units: Sequence[Unit], unknown: Optional[int] = 1) -> Tuple[Optional[int], bool, Optional[str]]:
+    """(MACs of the merged layer, whether it needs a border map, problem) for mergeable units.
+
+    The MACs count an unknown spatial size as ``unknown`` (1: per output pixel, for planning;
+    None: the MACs are None). The border-map decision is ``Folded.needs_border_map``, made here
+    once for the plan; the rebuilder follows ``Group.border_map``.
+    """
+    folded, size = fold_group(units)
+    macs = _macs(units[-1].out_shape, folded.kernel_size, folded.cin, folded.cout, depthwise=folded.depthwise,
+                 unknown=unknown)
+    needs_map = folded.needs_border_map(size)
+    if needs_map and any(s is None for s in size):
+        return macs, True, ("the input size is not fixed, and this fold needs a border map, which is made for "
+                            "one fixed size; rebuild the model at a fixed size (e.g. "
+                            "ran_keras.create_model(..., input_shape=(H, W, C)), then "
+                            "new_model.set_weights(model.get_weights())) and fold that")
+    return macs, needs_map, None
 
 
 def span_problem(seg: Segment, lo: int, hi: int) -> Optional[str]:
@@ -500,7 +513,7 @@ def plan_segment(seg: Segment, spans: Sequence[Tuple[int, int]], policy: str) ->
     def feasible(i: int, j: int):
         units = seg.units[i:j]
         if len(units) == 1:
-            return units[0].macs, False
+            return units[0].cost, False
         if group_blocker(units):
             return None
         macs, needs_map, problem = group_cost(units)
@@ -534,8 +547,9 @@ def plan_segment(seg: Segment, spans: Sequence[Tuple[int, int]], policy: str) ->
     for i, j, needs_map in best[n][1]:
         units = seg.units[i:j]
         merged = j - i > 1
-        before = sum(u.macs for u in units)
-        after = group_cost(units)[0] if merged else before
+        macs = [u.macs for u in units]
+        before = None if None in macs else sum(macs)
+        after = group_cost(units, unknown=None)[0] if merged else before
         required = any(lo >= i and hi < j for lo, hi in spans) and merged
         groups.append(Group(i, j, merged, needs_map, None, required, before, after))
     return groups
@@ -576,4 +590,4 @@ def residual_add(seg: Segment, group: Group, graph: ModelGraph) -> Optional[GNod
 
 
 __all__ = ["POLICIES", "GNode", "ModelGraph", "read_graph", "Unit", "Segment", "segments", "Group",
-           "required_spans", "span_problem", "group_blocker", "depthwise_group", "group_cost", "plan_segment", "residual_add"]
+           "required_spans", "span_problem", "group_blocker", "fold_group", "group_cost", "plan_segment", "residual_add"]

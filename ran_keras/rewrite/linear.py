@@ -257,15 +257,6 @@ class Folded(_KernelShape):
         kernel[(kh - 1) // 2, (kw - 1) // 2] += 1.0 if self.depthwise else np.eye(self.cin)
         return Folded(kernel, self.bias, self.strides, self.padding, self.tap_bias, self.depthwise)
 
-    def dense_kernel(self) -> np.ndarray:
-        """The kernel as (kh, kw, cin, cout), also for a depthwise fold."""
-        if not self.depthwise:
-            return self.kernel
-        kh, kw, c = self.kernel.shape
-        out = np.zeros((kh, kw, c, c))
-        out[:, :, np.arange(c), np.arange(c)] = self.kernel
-        return out
-
 
 def compose(units: Sequence[Unit]) -> Folded:
     """Fold a chain of pointwise units and at most one spatial unit into one convolution.

@@ -15,7 +15,7 @@ import numpy as np
 from ran_keras.backend import keras, tf
 from ran_keras.layers import CUSTOM_OBJECTS, BorderBias
 from ran_keras.rewrite import linear
-from ran_keras.rewrite.graph import GNode, Group, ModelGraph, Segment
+from ran_keras.rewrite.graph import GNode, Group, ModelGraph, Segment, Unit, fold_group, tensor_key
 
 #: op-name endings of ran_keras blocks, stripped to name the folded layer after its block
 _BLOCK_OPS = ("expand", "dw", "project", "conv", "pre_bn", "bn")
@@ -94,8 +94,8 @@ class Rebuilder:
                 self._relu(n)
             else:
                 self._clone_call(n)
-        inputs = tf.nest.map_structure(lambda t: self.new[_key(t)], model._nested_inputs)
-        outputs = tf.nest.map_structure(lambda t: self.new[_key(t)], model._nested_outputs)
+        inputs = tf.nest.map_structure(lambda t: self.new[tensor_key(t)], model._nested_inputs)
+        outputs = tf.nest.map_structure(lambda t: self.new[tensor_key(t)], model._nested_outputs)
         return keras.Model(inputs, outputs, name=name or model.name)
 
     # --- plain layers --------------------------------------------------------------------------
@@ -120,7 +120,7 @@ class Rebuilder:
         return out
 
     def _clone_call(self, n: GNode) -> None:
-        replace = lambda v: self.new[_key(v)] if hasattr(v, "_keras_history") else v  # noqa: E731
+        replace = lambda v: self.new[tensor_key(v)] if hasattr(v, "_keras_history") else v  # noqa: E731
         args = tf.nest.map_structure(replace, n.node.call_args)
         kwargs = tf.nest.map_structure(replace, n.node.call_kwargs)
         out = self._call(self._clone(n.layer), n.layer, *args, **kwargs)
@@ -162,15 +162,9 @@ class Rebuilder:
         main = unit.main.layer
         if not unit.changed and group.residual is None:
             return self._call(self._clone(main), main, x), [main.name], 0
-        kernel, bias = unit.kernel.copy(), unit.bias
+        kernel, bias = unit.kernel, unit.bias
         if group.residual is not None:
-            kh, kw = unit.kernel_size
-            if unit.op == "dw":
-                kernel[(kh - 1) // 2, (kw - 1) // 2, :, 0] += 1.0
-            elif unit.op == "dense":
-                kernel += np.eye(unit.cin)
-            else:
-                kernel[(kh - 1) // 2, (kw - 1) // 2] += np.eye(unit.cin)
+            kernel = _with_identity(unit)
         cfg = dict(main.get_config(), use_bias=True)
         if self.calls[main.name] > 1:  # a shared layer: its other calls keep the original weights
             cfg["name"] = self.namer(main.name + "_fold")
@@ -183,14 +177,13 @@ class Rebuilder:
         units = seg.units[group.start:group.stop]
         pad = next((u for u in units if u.op == "pad"), None)
         core = [u for u in units if u.op != "pad"]
-        folded = linear.compose([u.affine() for u in core])
+        folded, size = fold_group(units)   # with a pad: no border term (see graph.fold_group)
         names: List[str] = []
-        if pad is not None:  # checked by graph.group_blocker: bias-free 1x1s before it, 'valid' op after
-            folded.tap_bias = None  # the padded ring carries every bias: the fold has no border term
-            size = pad.in_shape[:2]
-            if all(n is not None for n in size) and all(
+        if pad is not None:
+            pad_size = pad.in_shape[:2]
+            if all(n is not None for n in pad_size) and all(
                     linear.same_padding(int(n), k, st) == p
-                    for n, k, st, p in zip(size, folded.kernel_size, folded.strides, pad.pads)):
+                    for n, k, st, p in zip(pad_size, folded.kernel_size, folded.strides, pad.pads)):
                 folded.padding = "same"
             else:
                 layer = self._clone(pad.main_layer)
@@ -198,16 +191,13 @@ class Rebuilder:
                 names.append(layer.name)
         if group.residual is not None:
             folded = folded.with_identity()
-        spatial = next((u for u in core if u.spatial), None)
         activation = units[-1].activation
         first = next((u for u in core if u.main is not None), core[0])
         dtype = first.main_layer.dtype
         base = block_prefix(first.names[0])
         op = "dw" if folded.depthwise else "conv"
         conv_name = self.namer(base + op if base != first.names[0] + "_" else first.names[0] + "_fold")
-        size = spatial.in_shape[:2] if spatial is not None else None
-        border = folded.needs_border_map(size) if spatial is not None else False
-        group.border_map = border
+        border = group.border_map   # decided once, by graph.group_cost when planning
         fused = "linear" if border else activation
         if first.family == "dense":
             layer = keras.layers.Dense(folded.cout, activation=fused, name=conv_name, dtype=dtype)
@@ -242,9 +232,15 @@ def _store(array: np.ndarray, layer) -> np.ndarray:
     return np.asarray(array, dtype=np.dtype(layer.dtype or "float32"))
 
 
-def _key(kt) -> str:
-    layer, node_index, tensor_index = kt._keras_history
-    return f"{layer.name}:{node_index}:{tensor_index}"
+def _with_identity(unit: Unit) -> np.ndarray:
+    """A single unit's kernel, in its layer's layout, with the residual identity added
+    (``linear.Folded.with_identity``: the centre tap)."""
+    if unit.op == "dw":
+        folded = linear.Folded(unit.kernel[..., 0], unit.bias, unit.strides, unit.padding, depthwise=True)
+        return folded.with_identity().kernel[..., None]
+    if unit.op == "dense":
+        return linear.Folded(unit.kernel[None, None], unit.bias).with_identity().kernel[0, 0]
+    return linear.Folded(unit.kernel, unit.bias, unit.strides, unit.padding).with_identity().kernel
 
 
 __all__ = ["Rebuilder", "Emitted", "block_prefix"]
