@@ -26,11 +26,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ran_keras import data
+from ran_keras.export import settings
 from ran_keras.export.errors import CalibrationError
 
 IMAGE_SUFFIXES = data.IMAGE_SUFFIXES
-DEFAULT_SOURCE = "photos"
-DEFAULT_COUNT = 8
+DEFAULT_SOURCE = settings.CALIBRATION_SOURCE
+DEFAULT_COUNT = settings.CALIBRATION_COUNT
 
 
 @dataclass(frozen=True)

@@ -25,69 +25,22 @@ import multiprocessing
 import os
 import time
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ran_keras import io
 from ran_keras.export import calibration as cal
 from ran_keras.export.errors import ExportError
+from ran_keras.export.settings import (  # noqa: F401  (re-exported)
+    ACTIVATIONS, DEFAULT_MODELS, DEFAULT_TARGETS, REFERENCE, Settings, check_activation)
 
-DEFAULT_MODELS = ("efficientnet_lite_b0", "efficientnet_lite_b0_hswish", "ran_e_supernet_ibn", "ran_e_subnet_w",
-                  "ran_e_a", "ran_e_b", "ran_e_c", "ran_e_gt", "resnet18", "repvgg_a0")
-DEFAULT_TARGETS = ("u55-128", "u65-256", "u65-256-384k")
-REFERENCE = "efficientnet_lite_b0"
-#: --activation values: each model's own, or one of these everywhere (aliases such as hswish work)
-ACTIVATIONS = ("default", "relu6", "hard_swish")
 FORMAT = "ran-keras-hwtable"
 #: bump when the conversion recipe changes, so cached .tflite files are not reused
 RECIPE = 1
 
 PAPER_SOURCE = ("paper: Bhardwaj et al. 2022, Tables 1-2 (Params/MACs as printed; normalised FPS from Arm's "
                 "estimators: Vela for Ethos-U55, a proprietary estimator for Ethos-U65; trained weights)")
-
-
-@dataclass
-class Settings:
-    models: Sequence[str] = DEFAULT_MODELS
-    targets: Sequence[str] = DEFAULT_TARGETS
-    activation: str = "default"
-    input_size: int = 224
-    classes: int = 1000
-    seed: int = 0
-    calibration: str = cal.DEFAULT_SOURCE
-    samples: int = cal.DEFAULT_COUNT
-    per_channel: bool = True
-    compare: bool = True
-    jobs: int = 2
-    cache: bool = True
-    fail_on_cpu_ops: bool = False
-
-    def __post_init__(self) -> None:
-        self.activation = check_activation(self.activation)
-        cal.parse_source(self.calibration)  # a bad source fails before anything is built
-
-    def public(self) -> Dict[str, Any]:
-        """What the results depend on (not how they were scheduled)."""
-        out = asdict(self)
-        for key in ("jobs", "cache", "fail_on_cpu_ops"):
-            out.pop(key)
-        out["models"], out["targets"] = list(self.models), list(self.targets)
-        return out
-
-
-def check_activation(name: str) -> str:
-    """'default', 'relu6' or 'hard_swish' (aliases canonicalised); anything else is an error."""
-    from ran_keras.errors import SpecError
-    from ran_keras.export.pipeline import canonical_activation
-    try:
-        act = canonical_activation(name) or "default"
-    except SpecError:
-        act = None
-    if act not in ACTIVATIONS:
-        raise ExportError(f"hwtable activation must be one of {', '.join(ACTIVATIONS)} (default: each model's "
-                          f"own; aliases such as hswish are accepted), got {name!r}")
-    return act
 
 
 def software_versions() -> Dict[str, Optional[str]]:

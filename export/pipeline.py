@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ran_keras import io
-from ran_keras.export import calibration as cal
+from ran_keras.export.settings import CALIBRATION_COUNT, CALIBRATION_SOURCE
 from ran_keras.export.errors import ExportError
 from ran_keras.export.flatbuffer import TFLiteInfo, check_integer_only, inspect_tflite
 
@@ -172,8 +172,8 @@ class ExportResult:
 
 
 def export_model(ref, output=None, *, input_size: Optional[int] = None, classes: int = 1000,
-                 activation: Optional[str] = None, seed: int = 0, calibration: str = cal.DEFAULT_SOURCE,
-                 samples: int = cal.DEFAULT_COUNT, int8: bool = True, per_channel: bool = True,
+                 activation: Optional[str] = None, seed: int = 0, calibration: str = CALIBRATION_SOURCE,
+                 samples: int = CALIBRATION_COUNT, int8: bool = True, per_channel: bool = True,
                  compare: bool = True, mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, data_dir: Optional[str] = None,
                  progress=None) -> ExportResult:
@@ -192,6 +192,7 @@ def export_model(ref, output=None, *, input_size: Optional[int] = None, classes:
     images = None
     calib_info: Optional[Dict[str, Any]] = None
     if int8 or compare:
+        from ran_keras.export import calibration as cal
         images, calib_info = cal.calibration_set(calibration, samples, h, spec=resolved.spec, mean=mean, std=std,
                                                  channels=c, seed=seed, data_dir=data_dir)
         if resolved.spec is None and mean is None and std is None:

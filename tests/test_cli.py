@@ -89,3 +89,14 @@ def test_console_script_is_installed():
     proc = subprocess.run([str(script), "list", "--json"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["models"]) == len(ALL_MODELS)
+
+
+def test_list_and_profile_load_neither_numpy_nor_tensorflow():
+    """Start-up stays light: the parser of every subcommand is built, yet the analytic commands
+    import neither numpy nor TensorFlow (each would add 0.1-3 s to every `ran` call)."""
+    code = ("import sys\nfrom ran_keras.cli import main\n"
+            "for argv in (['list'], ['profile', 'ran_e_gt']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('numpy', 'tensorflow') if m in sys.modules), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stderr.strip().splitlines()[-1] == "[]"

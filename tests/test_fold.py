@@ -486,3 +486,12 @@ def test_full_size_supernet_all_alphas_at_one():
     new, report = fold(model, samples=2)
     assert report.after["macs"] == profile_spec(realize_afrbs(spec, [True] * 16)).macs
     assert report.output_change["rel_max"] <= 1e-5 and report.count("afrb") == 17
+
+
+def test_cli_defaults_are_the_library_defaults():
+    from ran_keras.cli import fold as cli_fold
+    from ran_keras.rewrite import graph
+    from ran_keras.rewrite.fold import DEFAULT_BAND, DEFAULT_SAMPLES
+    assert cli_fold.DEFAULT_BAND == DEFAULT_BAND
+    assert cli_fold.DEFAULT_SAMPLES == DEFAULT_SAMPLES
+    assert cli_fold.POLICIES == graph.POLICIES

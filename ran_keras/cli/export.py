@@ -29,20 +29,20 @@ def _progress(msg: str) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, int8_flags: bool = True) -> None:
-    from ran_keras.export import calibration as cal
-    from ran_keras.export.hwtable import Settings
+    from ran_keras.export import settings
+    from ran_keras.export.settings import Settings
     p.add_argument("--input-size", type=positive_int, help="square input size (default: the spec's, 224)")
     p.add_argument("--classes", type=positive_int, default=Settings.classes,
                    help=f"classifier size (default {Settings.classes})")
     p.add_argument("--activation", help="replace every non-linearity (e.g. relu6, hard_swish); specs only")
     p.add_argument("--seed", type=nonneg_int, default=Settings.seed,
                    help=f"weights and calibration crops seed (default {Settings.seed})")
-    p.add_argument("--calibration", default=cal.DEFAULT_SOURCE, metavar="SOURCE",
-                   help=f"representative data (default {cal.DEFAULT_SOURCE}): photos (offline scikit-image/"
+    p.add_argument("--calibration", default=settings.CALIBRATION_SOURCE, metavar="SOURCE",
+                   help=f"representative data (default {settings.CALIBRATION_SOURCE}): photos (offline scikit-image/"
                         "scikit-learn photos), random, folder:PATH (or a directory), tfds:NAME[:SPLIT] (prepared "
                         "locally; nothing is downloaded)")
-    p.add_argument("--samples", type=positive_int, default=cal.DEFAULT_COUNT,
-                   help=f"calibration images (default {cal.DEFAULT_COUNT})")
+    p.add_argument("--samples", type=positive_int, default=settings.CALIBRATION_COUNT,
+                   help=f"calibration images (default {settings.CALIBRATION_COUNT})")
     p.add_argument("--tfds-data-dir", help="TFDS data_dir for --calibration tfds:...")
     p.add_argument("--input-mean", type=_floats, help="override the input mean (0-255 scale; saved Keras models "
                                                         "carry none, default 127.5)")
@@ -52,8 +52,8 @@ def _add_model_args(p: argparse.ArgumentParser, *, int8_flags: bool = True) -> N
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ran_keras.export import hwtable
-    defaults = hwtable.Settings  # its fields' defaults are the library's
+    from ran_keras.export import settings as hw  # light: no numpy/TensorFlow at start-up
+    defaults = hw.Settings  # its fields' defaults are the library's
     p = sub.add_parser("export", help="export a model to int8 (or fp32) TFLite and check it",
                        description="Build a registered model or spec (seeded weights), or load a saved .keras/.h5 "
                                    "model, convert it to full-integer int8 TFLite (int8 input/output), list its "
@@ -95,8 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "CPU-op counts. Writes hwtable.md/.csv/.json/.png into --output-dir.")
     p.add_argument("--models", type=_csv_list, help="comma-separated models (default: the 10 of Tables 1-2)")
     p.add_argument("--targets", type=_csv_list,
-                   help=f"comma-separated targets (default {','.join(hwtable.DEFAULT_TARGETS)})")
-    p.add_argument("--activation", default=defaults.activation, metavar="|".join(hwtable.ACTIVATIONS),
+                   help=f"comma-separated targets (default {','.join(hw.DEFAULT_TARGETS)})")
+    p.add_argument("--activation", default=defaults.activation, metavar="|".join(hw.ACTIVATIONS),
                    help="default (each model's own), relu6 or hard_swish everywhere (aliases such as hswish work)")
     p.add_argument("--output-dir", default="out/hwtable", help="output folder (default out/hwtable)")
     p.add_argument("--input-size", type=positive_int, default=defaults.input_size,

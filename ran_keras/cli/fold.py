@@ -8,8 +8,12 @@ import sys
 from pathlib import Path
 
 from ran_keras.cli.common import CliError, add_json_arg, emit_json, nonneg_int
-from ran_keras.rewrite.fold import DEFAULT_BAND, DEFAULT_SAMPLES
-from ran_keras.rewrite.graph import POLICIES
+
+# copies of ran_keras.rewrite's defaults (a test keeps them equal): importing the rewriter here
+# would load numpy on every `ran` call
+DEFAULT_BAND = (0.8, 1.3)
+DEFAULT_SAMPLES = 4
+POLICIES = ("smaller", "always", "none")
 
 DESCRIPTION = """\
 Fold the linear parts of a saved Keras model into fewer layers, exactly: BatchNorms into their
