@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from absl import app, flags
 
-from ran_keras.recipes import FIELDS, RECIPES, TrainConfig, resolve_config
+from ran_keras.train.config import FIELDS, RECIPES, TrainConfig, resolve_config
 
 FLAGS = flags.FLAGS
 
@@ -115,7 +115,7 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Sequence[str], pr
     try:
         return int(main(rest) or 0)
     except RanError as err:
-        from ran_keras.training import NonFiniteLossError
+        from ran_keras.train.trainer import NonFiniteLossError
         print(f"{program}: error: {err}", file=sys.stderr)
         return 3 if isinstance(err, NonFiniteLossError) else 2
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from ran_keras.scale import DEFAULT_SAMPLES, MAX_CANDIDATES, PAPER_DM, PAPER_WM
+from ran_keras.search.defaults import DEFAULT_SAMPLES, MAX_CANDIDATES, PAPER_DM, PAPER_WM
 
 FLAGS = flags.FLAGS
 
@@ -77,36 +77,37 @@ def main(argv) -> int:
 
 def _main(argv) -> int:
     del argv
-    from ran_keras import registry, scale
+    from ran_keras import registry
+    from ran_keras.search import scaling
     from ran_keras.cli.common import emit_json
 
     if not FLAGS.out_dir:
-        raise scale.ScaleError("--out_dir is required: the folder for candidates.csv, sweep.json, the plot "
+        raise scaling.ScaleError("--out_dir is required: the folder for candidates.csv, sweep.json, the plot "
                                "and the chosen specs")
     for name in ("top", "input_size", "classes"):
         value = _flag(name)
         if value is not None and value < 1:
-            raise scale.ScaleError(f"--{name} must be a positive integer, got {value}")
-    min_width = scale.parse_widths(",".join(FLAGS.min_width), "--min_width") if FLAGS.min_width else None
-    budgets = scale.budgets_from_options([scale.parse_count(v, "--macs") for v in FLAGS.macs],
-                                         [scale.parse_count(v, "--params") for v in FLAGS.params],
+            raise scaling.ScaleError(f"--{name} must be a positive integer, got {value}")
+    min_width = scaling.parse_widths(",".join(FLAGS.min_width), "--min_width") if FLAGS.min_width else None
+    budgets = scaling.budgets_from_options([scaling.parse_count(v, "--macs") for v in FLAGS.macs],
+                                         [scaling.parse_count(v, "--params") for v in FLAGS.params],
                                          paper=FLAGS.paper_budgets,
-                                         tolerance=scale.parse_tolerance(FLAGS.tolerance, "--tolerance"),
+                                         tolerance=scaling.parse_tolerance(FLAGS.tolerance, "--tolerance"),
                                          min_width=min_width, sep="_")
-    options = scale.sweep_options(
-        wm=scale.parse_range(FLAGS.wm, "--wm") if FLAGS.wm else scale.PAPER_WM,
-        dm=scale.parse_range(FLAGS.dm, "--dm") if FLAGS.dm else scale.PAPER_DM,
-        samples=_given("samples"), seed=_given("seed"), grid=scale.parse_grid(FLAGS.grid) if FLAGS.grid else None)
+    options = scaling.sweep_options(
+        wm=scaling.parse_range(FLAGS.wm, "--wm") if FLAGS.wm else scaling.PAPER_WM,
+        dm=scaling.parse_range(FLAGS.dm, "--dm") if FLAGS.dm else scaling.PAPER_DM,
+        samples=_given("samples"), seed=_given("seed"), grid=scaling.parse_grid(FLAGS.grid) if FLAGS.grid else None)
     base = registry.resolve_spec(FLAGS.base)
-    scale.check_output_names(base, FLAGS.prefix, FLAGS.drop_path, sep="_")
-    result = scale.run_sweep(base, budgets, **options, input_size=FLAGS.input_size, classes=_flag("classes"))
+    scaling.check_output_names(base, FLAGS.prefix, FLAGS.drop_path, sep="_")
+    result = scaling.run_sweep(base, budgets, **options, input_size=FLAGS.input_size, classes=_flag("classes"))
     out = Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    marks = scale.model_marks(FLAGS.mark, FLAGS.input_size, _flag("classes")) if FLAGS.mark else ()
-    written = scale.write_outputs(result, csv_path=out / "candidates.csv", plot_path=out / "nnmass_vs_macs.png",
+    marks = scaling.model_marks(FLAGS.mark, FLAGS.input_size, _flag("classes")) if FLAGS.mark else ()
+    written = scaling.write_outputs(result, csv_path=out / "candidates.csv", plot_path=out / "nnmass_vs_macs.png",
                                   spec_dir=out / "specs", prefix=FLAGS.prefix, drop_path=FLAGS.drop_path, marks=marks)
     emit_json(dict(result.to_dict(FLAGS.top), written=written), str(out / "sweep.json"))
-    print(scale.format_report(result, FLAGS.top, sep="_"))
+    print(scaling.format_report(result, FLAGS.top, sep="_"))
     print(f"wrote {out}/: candidates.csv, sweep.json, nnmass_vs_macs.png, specs/ ({len(written['specs'])} specs)",
           file=sys.stderr)
     return 0

@@ -55,26 +55,26 @@ def _floats(values: Sequence[str], flag: str) -> List[float]:
         try:
             out.append(float(v))
         except ValueError:
-            from ran_keras.search import SearchError
+            from ran_keras.search.prelu import SearchError
             raise SearchError(f"--{flag}: {v!r} is not a number") from None
     return out
 
 
 def main(argv: List[str]) -> int:
-    from ran_keras import search
-    from ran_keras.recipes import model_spec
+    from ran_keras.search import prelu
+    from ran_keras.train.config import model_spec
     demo = FLAGS.demo
     forced = {}
     spec = None
     if demo and FLAGS.model is None:
-        spec = search.demo_supernet_spec()
+        spec = prelu.demo_supernet_spec()
     if demo and FLAGS.model_dir is None:
         forced["model_dir"] = "runs/digits_search"
     cfg = flags_lib.config_from_flags("digits" if demo else "ran_e", **forced)
     if spec is None:
         spec = model_spec(cfg)          # a bad --model fails before TensorFlow starts
-        search.require_afrbs(spec)
-    band = search.check_band(_floats(FLAGS.band, "band"))
+        prelu.require_afrbs(spec)
+    band = prelu.check_band(_floats(FLAGS.band, "band"))
     lambdas = FLAGS.lambdas if FLAGS.lambdas is not None else (
         list(DEMO_LAMBDAS) if demo and not FLAGS["lambda"].present else None)
     fold = FLAGS.fold if FLAGS.fold is not None else demo
@@ -83,10 +83,10 @@ def main(argv: List[str]) -> int:
     common = dict(band=band, derived_name=FLAGS.derived_name, derived_activation=FLAGS.derived_activation,
                   alpha_log_every=FLAGS.alpha_log_every, retrain_epochs=FLAGS.retrain_epochs, fold=fold)
     if lambdas:
-        results = search.run_sweep(cfg, spec, lambdas=_floats(lambdas, "lambdas"), **common)
+        results = prelu.run_sweep(cfg, spec, lambdas=_floats(lambdas, "lambdas"), **common)
         flags_lib.emit_json([r.to_dict() for r in results])
     else:
-        result = search.run_search(cfg, spec, lam=FLAGS["lambda"].value, **common)
+        result = prelu.run_search(cfg, spec, lam=FLAGS["lambda"].value, **common)
         flags_lib.emit_json(result.to_dict())
     return 0
 

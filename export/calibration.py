@@ -25,11 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ran_keras import data
+from ran_keras.data import photos
 from ran_keras.export import settings
 from ran_keras.export.errors import CalibrationError
 
-IMAGE_SUFFIXES = data.IMAGE_SUFFIXES
+IMAGE_SUFFIXES = photos.IMAGE_SUFFIXES
 DEFAULT_SOURCE = settings.CALIBRATION_SOURCE
 DEFAULT_COUNT = settings.CALIBRATION_COUNT
 
@@ -158,7 +158,7 @@ def _tfds_images(name: str, split: str, count: int, size: int, channels: int,
 def _generated(kind: str, count: int, size: int, channels: int, seed: int) -> np.ndarray:
     """Photos / random images, memoised: a worker exporting several models decodes the photos once."""
     if kind == "photos":
-        return data.offline_photos(count, size, channels, seed)
+        return photos.offline_photos(count, size, channels, seed)
     return np.random.default_rng(seed).integers(0, 256, (count, size, size, channels), dtype=np.uint8)
 
 
@@ -202,4 +202,4 @@ def calibration_set(source=DEFAULT_SOURCE, count: int = DEFAULT_COUNT, size: int
     images, info = load_images(source, count, size, channels, seed, data_dir)
     norm = normalizer(spec, mean, std)
     info["input_mean"], info["input_std"] = list(norm.input_mean), list(norm.input_std)
-    return data.normalize(images, norm), info
+    return photos.normalize(images, norm), info

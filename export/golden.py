@@ -96,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--write", action="store_true", help="write the measured cycles as the new golden file")
     parser.add_argument("--file", default=str(DEFAULT_FILE), help=f"golden file (default {DEFAULT_FILE})")
     args = parser.parse_args(argv)
-    from ran_keras import io
+    from ran_keras import fileio
     path = Path(args.file)
     if path == DEFAULT_FILE and not DEFAULT_FILE.parent.parent.is_dir():
         print(f"error: {_no_file(path)}", file=sys.stderr)  # never write into site-packages
@@ -111,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for model, per_target in cycles.items():
         print(f"{model}: " + ", ".join(f"{t} {c:,}" for t, c in per_target.items()))
     if args.write:
-        io.write_text(path, json.dumps(document(cycles), indent=1) + "\n")
+        fileio.write_text(path, json.dumps(document(cycles), indent=1) + "\n")
         print(f"wrote {path}")
         return 0
     problems = differences(cycles, load(path)["cycles_total"])

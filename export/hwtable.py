@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ran_keras import io
+from ran_keras import fileio
 from ran_keras.export import calibration as cal
 from ran_keras.export.errors import ExportError
 from ran_keras.export.settings import (  # noqa: F401  (re-exported)
@@ -116,10 +116,10 @@ def convert(job: ConvertJob) -> Dict[str, Any]:
     check_integer_only(info, f"the int8 export of {job.label}")
     agreement = compare_with_keras(model, data, images) if job.compare else None
     path = Path(job.tflite_path)
-    io.write_bytes(path, data)
+    fileio.write_bytes(path, data)
     report = {"key": job.key, "model": job.label, "calibration": calib, "agreement": agreement,
               "tflite": dict(info.to_dict(), file=path.name)}
-    io.write_text(path.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    fileio.write_text(path.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     report["seconds"] = time.perf_counter() - t0
     return report
 
@@ -184,7 +184,7 @@ def _paper(ref) -> Optional[Dict[str, Any]]:
 def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Build, export and compile every model for every target; write the table files; return the JSON."""
     from ran_keras.export import vela
-    from ran_keras.profile import profile_spec
+    from ran_keras.analysis.profile import profile_spec
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
     out = Path(output_dir)
@@ -451,7 +451,7 @@ def plot(doc: Dict[str, Any], path) -> Path:
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = Path(path)
-    with io.atomic_path(path) as tmp:
+    with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png", metadata={"Software": None})
     plt.close(fig)
     return path
@@ -459,9 +459,9 @@ def plot(doc: Dict[str, Any], path) -> Path:
 
 def write_outputs(doc: Dict[str, Any], output_dir) -> List[Path]:
     out = Path(output_dir)
-    paths = [io.write_text(out / "hwtable.md", "# Hardware table\n\n" + render_text(doc, markdown=True)),
-             io.write_text(out / "hwtable.csv", render_csv(doc)),
-             io.write_text(out / "hwtable.json", json.dumps(doc, indent=1) + "\n"),
+    paths = [fileio.write_text(out / "hwtable.md", "# Hardware table\n\n" + render_text(doc, markdown=True)),
+             fileio.write_text(out / "hwtable.csv", render_csv(doc)),
+             fileio.write_text(out / "hwtable.json", json.dumps(doc, indent=1) + "\n"),
              plot(doc, out / "hwtable.png")]
     return paths
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from ran_keras import io
+from ran_keras import fileio
 from ran_keras.export.settings import CALIBRATION_COUNT, CALIBRATION_SOURCE
 from ran_keras.export.errors import ExportError
 from ran_keras.export.flatbuffer import TFLiteInfo, check_integer_only, inspect_tflite
@@ -215,7 +215,7 @@ def export_model(ref, output=None, *, input_size: Optional[int] = None, classes:
         "tflite": info.to_dict(), "integer_only": info.is_integer_only, "agreement": agreement,
     }
     if output is not None:
-        report["output"] = str(io.write_bytes(output, data))
+        report["output"] = str(fileio.write_bytes(output, data))
     say(f"exported {resolved.label}: {info.size_bytes / 1e6:.2f} MB, {len(info.ops)} ops "
         f"in {time.perf_counter() - t0:.1f} s")
     return ExportResult(data, info, report)

@@ -16,8 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from ran_keras import ir
 from ran_keras.backend import keras
-from ran_keras.errors import RanError
-from ran_keras.layers import LayerScale, SharedAlphaPReLU, activation_layer
+from ran_keras.errors import RanError, SpecError
 from ran_keras.spec import NetworkSpec, with_activation
 
 
@@ -41,46 +40,29 @@ class _Initializers:
         return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform", seed=self._next())
 
 
-def _apply(ops, x, prefix: str, spec: NetworkSpec, init: _Initializers, shared: Dict[str, Any]):
-    for op in ops:
-        name = ir.layer_name(prefix, op.name)
-        if isinstance(op, ir.Conv):
-            x = keras.layers.Conv2D(op.filters, op.kernel, strides=op.stride, padding="same",
-                                    use_bias=op.bias, kernel_initializer=init.conv(), name=name)(x)
-        elif isinstance(op, ir.DepthwiseConv):
-            x = keras.layers.DepthwiseConv2D(op.kernel, strides=op.stride, padding=op.padding, use_bias=op.bias,
-                                             depthwise_initializer=init.conv(), name=name)(x)
-        elif isinstance(op, ir.BatchNorm):
-            x = keras.layers.BatchNormalization(momentum=spec.bn_momentum, epsilon=spec.bn_epsilon,
-                                                name=name)(x)
-        elif isinstance(op, ir.LayerNorm):
-            x = keras.layers.LayerNormalization(epsilon=1e-6, name=name)(x)
-        elif isinstance(op, ir.Act):
-            x = activation_layer(op.fn, name)(x)
-        elif isinstance(op, ir.SharedPReLU):
-            if name not in shared:
-                shared[name] = SharedAlphaPReLU(op.alpha_init, op.alpha_clip, name=name)
-            x = shared[name](x, complement=op.complement)
-        elif isinstance(op, ir.MaxPool):
-            x = keras.layers.MaxPooling2D(op.kernel, op.stride, padding="same", name=name)(x)
-        elif isinstance(op, ir.LayerScale):
-            x = LayerScale(op.init, name=name)(x)
-        elif isinstance(op, ir.DropPath):
-            # one keep/drop decision per sample: stochastic depth; Dropout is the identity at inference
-            x = keras.layers.Dropout(op.rate, noise_shape=(None, 1, 1, 1), name=name)(x)
-        elif isinstance(op, ir.ZeroPad):
-            pads = tuple(ir.same_padding(d, op.kernel, op.stride) for d in x.shape[1:3])
-            x = keras.layers.ZeroPadding2D(pads, name=name)(x)
-        else:
-            raise TypeError(f"the builder has no Keras layer for IR op {op!r}")
-    return x
+class BuildContext:
+    """What the IR ops need to make their Keras layers (``ran_keras.ir.Op.keras``): the spec's
+    network-wide settings, seeded initialisers, and the layers shared inside the current block."""
+
+    def __init__(self, spec: NetworkSpec, seed: Optional[int]):
+        self.spec = spec
+        self.layers = keras.layers
+        self.shared: Dict[str, Any] = {}
+        self._init = _Initializers(seed)
+
+    def conv_init(self):
+        return self._init.conv()
+
+    def dense_init(self):
+        return self._init.dense()
 
 
 def build_model(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]] = None, *,
                 classes: int = 1000, include_top: bool = True,
                 classifier_activation: Optional[str] = "softmax", activation: Optional[str] = None,
                 pooling: Optional[str] = None, input_tensor=None, weights: Optional[str] = None,
-                seed: Optional[int] = None, name: Optional[str] = None):
+                seed: Optional[int] = None, name: Optional[str] = None, features_only: bool = False,
+                out_indices: Optional[Sequence[int]] = None):
     """Build ``spec`` as a Keras model, in the style of ``keras.applications``.
 
     Args:
@@ -91,6 +73,9 @@ def build_model(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]
       weights: None (random initialisation) or the path of a weights file saved from this model.
       seed: make the random initialisation reproducible.
       name: model name and layer-name prefix (default ``spec.name``).
+      features_only: as timm's: the outputs are the stage outputs ``out_indices`` (default
+        ``spec.default_out_indices``), named ``{name}_stage{k}`` (``spec.feature_info``); no head,
+        no classifier, and nothing after the last stage asked for is built.
     """
     if not isinstance(spec, NetworkSpec):
         raise TypeError(f"build_model takes a NetworkSpec, got {type(spec).__name__}; "
@@ -101,6 +86,9 @@ def build_model(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]
         raise ValueError(f"classes must be a positive integer, got {classes!r}")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if out_indices is not None and not features_only:
+        raise SpecError("out_indices", "only with features_only=True (it picks the stage outputs)")
+    picked = spec.check_out_indices(out_indices) if features_only else ()
     if weights is not None and not Path(weights).exists():
         raise FileNotFoundError(f"weights file {str(weights)!r} does not exist (ran_keras ships no "
                                 "pretrained weights; pass a file saved from a model of this spec)")
@@ -113,38 +101,47 @@ def build_model(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]
     spec.check_input_shape(shape)
 
     inputs = input_tensor if input_tensor is not None else keras.Input(shape=shape, name=f"{name}_input")
-    init = _Initializers(seed)
+    ctx = BuildContext(spec, seed)
+    wanted = {spec.feature_info[i].block: spec.feature_info[i] for i in picked}
+    features: Dict[int, Any] = {}
     x = inputs
     for site in spec.sites:
-        graph = site.graph(spec)
-        prefix = f"{name}_{site.prefix}"
-        shared: Dict[str, Any] = {}
-        y = _apply(graph.main, x, prefix, spec, init, shared)
-        if graph.shortcut is not None:
-            skip = _apply(graph.shortcut, x, prefix, spec, init, shared)
-            y = keras.layers.Add(name=ir.layer_name(prefix, "add"))([y, skip])
-        x = _apply(graph.post, y, prefix, spec, init, shared)
-
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name=f"{name}_avg_pool")(x)
-        if spec.classifier_norm == "ln":
-            x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_classifier_ln")(x)
-        if spec.classifier_dropout > 0:
-            x = keras.layers.Dropout(spec.classifier_dropout, name=f"{name}_dropout")(x)
-        x = keras.layers.Dense(classes, activation=classifier_activation, kernel_initializer=init.dense(),
-                               name=f"{name}_predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name=f"{name}_avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name=f"{name}_max_pool")(x)
-
-    model = keras.Model(inputs, x, name=name)
+        ctx.shared = {}
+        x = ir.apply_ops(site.graph(spec).ops, x, f"{name}_{site.prefix}", ctx)
+        if site.prefix in wanted:
+            info = wanted[site.prefix]
+            features[info.index] = keras.layers.Activation("linear", name=f"{name}_{info.name}")(x)
+            if len(features) == len(wanted):
+                break
+    if features_only:
+        model = keras.Model(inputs, [features[i] for i in picked], name=name)
+    else:
+        model = keras.Model(inputs, _top(spec, x, name, ctx, classes, include_top, classifier_activation, pooling),
+                            name=name)
     if weights is not None:
         try:
             model.load_weights(weights)
         except (ValueError, OSError) as err:
             raise RanError(f"could not load weights {str(weights)!r} into {name}: {err}") from err
     return model
+
+
+def _top(spec: NetworkSpec, x, name: str, ctx: BuildContext, classes: int, include_top: bool,
+         classifier_activation: Optional[str], pooling: Optional[str]):
+    """The classifier (pool, optional LayerNorm and dropout, dense) or the pooling of a headless model."""
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name=f"{name}_avg_pool")(x)
+        if spec.classifier_norm == "ln":
+            x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_classifier_ln")(x)
+        if spec.classifier_dropout > 0:
+            x = keras.layers.Dropout(spec.classifier_dropout, name=f"{name}_dropout")(x)
+        return keras.layers.Dense(classes, activation=classifier_activation, kernel_initializer=ctx.dense_init(),
+                                  name=f"{name}_predictions")(x)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name=f"{name}_avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name=f"{name}_max_pool")(x)
+    return x
 
 
 def load_model(path, compile: bool = False):

@@ -1,8 +1,45 @@
-"""Plain-text and Markdown tables and number formatting shared by every command that prints."""
+"""Counts read and written (``parse_count``, ``fmt_count``), and the plain-text and Markdown
+tables every command that prints shares."""
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Optional, Sequence
+
+from ran_keras.errors import RanError
+
+_UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+_COUNT_RE = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)")
+
+
+class CountError(RanError, ValueError):
+    """Text that is not a positive count like '4.7M', '3.3e9' or '1.8B'."""
+
+
+def parse_count(text: Any, what: str = "count") -> float:
+    """'4.7M' -> 4.7e6; '3.3e9', '3.3B', '3.3G', '3300M' -> 3.3e9; a bare number as is. The one
+    parser of counts (budgets, the paper's printed figures); ``what`` names the value in errors."""
+    raw = str(text).strip()
+    m = _COUNT_RE.fullmatch(raw)
+    if not m:
+        raise CountError(f"{what}: cannot read {raw!r} as a count; write a number with an optional K, M, B or G "
+                         f"suffix, e.g. 3.3e9, 3.3B or 21M")
+    unit = m.group(2).upper()
+    if unit not in _UNITS:
+        raise CountError(f"{what}: unknown unit {m.group(2)!r} in {raw!r}; accepted: K, M, B (= G), T, or none")
+    value = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(value) or value <= 0:
+        raise CountError(f"{what}: must be a positive count, got {raw!r}")
+    return value
+
+
+def printed_tolerance(text: str) -> float:
+    """Half a unit of the last printed digit of a figure like '1.4B' (0.05e9): its rounding error."""
+    parse_count(text)
+    mantissa = _COUNT_RE.fullmatch(str(text).strip()).group(1).lower()
+    decimals = len(mantissa.split("e")[0].split(".")[1]) if "." in mantissa.split("e")[0] else 0
+    return 0.5 * 10.0 ** (-decimals) * _UNITS[_COUNT_RE.fullmatch(str(text).strip()).group(2).upper()]
 
 
 def fmt_count(value: Optional[float], digits: int = 2) -> str:

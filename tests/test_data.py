@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ran_keras
-from ran_keras.data import normalize, offline_photos
+from ran_keras.data.photos import normalize, offline_photos
 
 
 def test_offline_photos_are_deterministic_and_varied():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ran_keras.recipes import ConfigError, resolve_config
+from ran_keras.train.config import ConfigError, resolve_config
 
 MEAN, STD = (127.5,), (127.5,)
 
@@ -16,13 +16,13 @@ def tf():
 
 @pytest.fixture(scope="module")
 def photos():
-    from ran_keras.data import offline_photos
+    from ran_keras.data.photos import offline_photos
     return offline_photos(3, 40, seed=3)
 
 
 def _pipeline(cfg, source, size=32, batch=4, classes=None):
-    from ran_keras import datasets
-    return datasets.Pipeline(source, cfg, image_size=size, channels=3, mean=MEAN, std=STD,
+    from ran_keras.data import classification
+    return classification.Pipeline(source, cfg, image_size=size, channels=3, mean=MEAN, std=STD,
                              num_classes=classes or source.num_classes, global_batch=batch)
 
 
@@ -30,11 +30,11 @@ def _pipeline(cfg, source, size=32, batch=4, classes=None):
 
 def test_imagenet_pipeline_on_mock_data(tf, tmp_path):
     import tensorflow_datasets as tfds
-    from ran_keras import datasets
+    from ran_keras.data import classification
     cfg = resolve_config("ran_e", {"dataset": "imagenet2012", "data_dir": str(tmp_path), "batch_size": 4,
                                    "mixup": 0.2, "cutmix": 1.0, "shuffle_buffer": 16})
     with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
-        source = datasets.load_source(cfg)
+        source = classification.load_source(cfg)
         assert source.num_classes == 1000 and source.encoded
         pipe = _pipeline(cfg, source, size=48)
         epoch0 = [(x.numpy(), y.numpy()) for x, y in pipe.train(0).take(3)]
@@ -56,31 +56,31 @@ def test_imagenet_pipeline_on_mock_data(tf, tmp_path):
 
 
 def test_unknown_dataset_and_unprepared_imagenet(tmp_path):
-    from ran_keras import datasets
+    from ran_keras.data import classification
     with pytest.raises(ConfigError, match="unknown dataset 'imagenet2021'.*did you mean 'imagenet2012'"):
-        datasets.load_source(resolve_config("ran_e", {"dataset": "imagenet2021"}))
+        classification.load_source(resolve_config("ran_e", {"dataset": "imagenet2021"}))
     cfg = resolve_config("ran_e", {"dataset": "imagenet2012", "data_dir": str(tmp_path)})
     with pytest.raises(ConfigError) as err:
-        datasets.load_source(cfg)
+        classification.load_source(cfg)
     msg = str(err.value)
     assert "not prepared" in msg and "ILSVRC2012_img_train.tar" in msg and "--manual_dir" in msg
     cfg = cfg.replace(manual_dir=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="does not exist or is empty.*ILSVRC2012_img_val.tar"):
-        datasets.load_source(cfg)
+        classification.load_source(cfg)
     with pytest.raises(ConfigError, match="no data: pass --dataset"):
-        datasets.load_source(resolve_config("none", {}))
+        classification.load_source(resolve_config("none", {}))
 
 
 # --- digits and image folders --------------------------------------------------------------------
 
 def test_digits_split_and_pipeline(tf):
-    from ran_keras import datasets
-    (x_tr, y_tr), (x_ev, y_ev) = datasets.digits_arrays()
+    from ran_keras.data import classification
+    (x_tr, y_tr), (x_ev, y_ev) = classification.digits_arrays()
     assert (len(x_tr), len(x_ev)) == (1437, 360) and x_tr.shape[1:] == (8, 8, 1)
     assert x_tr.dtype == np.uint8 and x_tr.max() == 255
     assert np.bincount(y_ev).min() >= 35            # stratified: every digit held out
     cfg = resolve_config("digits")
-    source = datasets.load_source(cfg)
+    source = classification.load_source(cfg)
     assert not source.flip                            # digits are not mirror-symmetric
     x, y = next(iter(_pipeline(cfg, source, batch=8).train(0)))
     assert x.shape == (8, 32, 32, 3) and np.allclose(x[..., 0], x[..., 2])
@@ -91,7 +91,7 @@ def test_digits_split_and_pipeline(tf):
 
 def test_image_folder(tf, tmp_path, photos):
     from PIL import Image
-    from ran_keras import datasets
+    from ran_keras.data import classification
     for c, name in enumerate(("cat", "dog", "fox")):
         (tmp_path / "imgs" / name).mkdir(parents=True)
         for i in range(5):
@@ -99,7 +99,7 @@ def test_image_folder(tf, tmp_path, photos):
             img.save(tmp_path / "imgs" / name / f"{i}.{'jpg' if i % 2 else 'png'}")
     cfg = resolve_config("none", {"image_folder": str(tmp_path / "imgs"), "batch_size": 4,
                                   "validation_fraction": 0.2})
-    source = datasets.load_source(cfg)
+    source = classification.load_source(cfg)
     assert (source.num_classes, source.train_examples, source.eval_examples) == (3, 12, 3)
     x, y = next(iter(_pipeline(cfg, source, size=24).train(0)))
     assert x.shape == (4, 24, 24, 3) and y.shape == (4, 3)
@@ -107,36 +107,36 @@ def test_image_folder(tf, tmp_path, photos):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     (tmp_path / "empty" / "b").mkdir()
     with pytest.raises(ConfigError, match="no images .*formats TensorFlow decodes: .jpg, .jpeg, .png, .bmp, .gif"):
-        datasets.load_source(cfg.replace(image_folder=str(tmp_path / "empty")))
+        classification.load_source(cfg.replace(image_folder=str(tmp_path / "empty")))
     with pytest.raises(ConfigError, match="is not a folder"):
-        datasets.load_source(cfg.replace(image_folder=str(tmp_path / "missing")))
+        classification.load_source(cfg.replace(image_folder=str(tmp_path / "missing")))
     Image.fromarray(photos[0]).save(tmp_path / "imgs" / "cat" / "extra.tif")
     with pytest.raises(ConfigError, match=r"1 image\(s\) .* are .tif .*extra.tif.*TensorFlow cannot decode"):
-        datasets.load_source(cfg)
+        classification.load_source(cfg)
 
 
 def test_image_folder_with_split_sub_folders(tf, tmp_path, photos):
     from PIL import Image
-    from ran_keras import datasets
+    from ran_keras.data import classification
     for split, count in (("train", 3), ("test", 2)):
         for c, name in enumerate(("cat", "dog")):
             (tmp_path / "imgs" / split / name).mkdir(parents=True)
             for i in range(count):
                 Image.fromarray(np.roll(photos[c], 5 * i, axis=0)).save(tmp_path / "imgs" / split / name / f"{i}.png")
     cfg = resolve_config("none", {"image_folder": str(tmp_path / "imgs"), "batch_size": 2})
-    source = datasets.load_source(cfg)            # train/ + test/: 2 classes, test/ held out
+    source = classification.load_source(cfg)            # train/ + test/: 2 classes, test/ held out
     assert (source.num_classes, source.train_examples, source.eval_examples) == (2, 6, 4)
     assert "(test/)" in source.description
     (tmp_path / "only" / "train" / "cat").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"only the sub-folder\(s\) train/, which name splits.*DIR/test/"):
-        datasets.load_source(cfg.replace(image_folder=str(tmp_path / "only")))
+        classification.load_source(cfg.replace(image_folder=str(tmp_path / "only")))
 
 
 # --- augmentation ops ----------------------------------------------------------------------------
 
 def test_colour_ops_match_pil(tf, photos):
     from PIL import Image, ImageEnhance, ImageOps
-    from ran_keras import augment
+    from ran_keras.data import augment
     for img in photos:
         x = tf.constant(img, tf.float32)
         pil = Image.fromarray(img)
@@ -153,7 +153,7 @@ def test_colour_ops_match_pil(tf, photos):
 
 
 def test_geometric_ops(tf, photos):
-    from ran_keras import augment
+    from ran_keras.data import augment
     x = tf.constant(photos[0], tf.float32)
     seed = tf.constant([1, 2], tf.int64)
     for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"):
@@ -168,7 +168,7 @@ def test_geometric_ops(tf, photos):
 
 
 def test_policies_are_seeded_and_valid(tf, photos):
-    from ran_keras import augment
+    from ran_keras.data import augment
     x = tf.constant(photos[1], tf.float32)
     outs = [augment.autoaugment(x, tf.constant([7, i], tf.int64)).numpy() for i in range(6)]
     again = augment.autoaugment(x, tf.constant([7, 0], tf.int64)).numpy()
@@ -188,7 +188,7 @@ def test_policies_are_seeded_and_valid(tf, photos):
 
 
 def test_mixup_and_cutmix_labels(tf):
-    from ran_keras import augment
+    from ran_keras.data import augment
     images = tf.constant(np.stack([np.full((8, 8, 3), v, np.float32) for v in (0.0, 100.0)]))
     labels = tf.constant([[1.0, 0.0], [0.0, 1.0]])
     for i in range(4):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ran_keras import data
+from ran_keras.data import photos
 from ran_keras.cli import main
 from ran_keras.export import calibration as cal
 from ran_keras.export.errors import CalibrationError, ExportError, FloatTensorError, TFLiteFileError
@@ -35,7 +35,7 @@ def tiny(keras):
 
 @pytest.fixture(scope="module")
 def calib():
-    return data.normalize(data.offline_photos(4, 16), type("S", (), {"input_mean": (127.5,), "input_std": (127.5,)}))
+    return photos.normalize(photos.offline_photos(4, 16), type("S", (), {"input_mean": (127.5,), "input_std": (127.5,)}))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_calibration_set_normalises_like_the_spec():
     spec = ran_keras.get_spec("resnet18")
     x, info = cal.calibration_set("photos", 2, 32, spec=spec)
     raw, _ = cal.load_images("photos", 2, 32)
-    assert np.allclose(x, data.normalize(raw, spec)) and x.dtype == np.float32
+    assert np.allclose(x, photos.normalize(raw, spec)) and x.dtype == np.float32
     assert info["input_mean"] == list(spec.input_mean)
 
 

@@ -10,10 +10,10 @@ import ran_keras
 from ran_keras.backend import keras
 from ran_keras.builder import load_model
 from ran_keras.cli import main
-from ran_keras.data import offline_photos
+from ran_keras.data.photos import offline_photos
 from ran_keras.layers import BorderBias, SharedAlphaPReLU
-from ran_keras.profile import profile_model, profile_spec
-from ran_keras.rewrite import FoldError, fold, format_report
+from ran_keras.analysis.profile import profile_model, profile_spec
+from ran_keras.rewrite.fold import FoldError, fold, format_report
 from ran_keras.spec import afrb_sites, map_blocks, realize_afrbs
 
 from conftest import ALL_MODELS
@@ -488,10 +488,7 @@ def test_full_size_supernet_all_alphas_at_one():
     assert report.output_change["rel_max"] <= 1e-5 and report.count("afrb") == 17
 
 
-def test_cli_defaults_are_the_library_defaults():
-    from ran_keras.cli import fold as cli_fold
-    from ran_keras.rewrite import graph
-    from ran_keras.rewrite.fold import DEFAULT_BAND, DEFAULT_SAMPLES
-    assert cli_fold.DEFAULT_BAND == DEFAULT_BAND
-    assert cli_fold.DEFAULT_SAMPLES == DEFAULT_SAMPLES
-    assert cli_fold.POLICIES == graph.POLICIES
+def test_the_fold_band_rule_is_the_search_rule():
+    for band in ((1.3, 0.8), (0.1, 0.5)):
+        with pytest.raises(FoldError, match="low <= 1 <= high"):
+            fold(ran_keras.create_model("ran_e_a", (32, 32, 3), classes=4), band)

@@ -7,7 +7,7 @@ import pytest
 
 import ran_keras
 from ran_keras.models.convnext import convnext_spec
-from ran_keras.nnmass import (chain_mass, chain_terms, convnext_block_mass, convnext_block_units, k_convnext,
+from ran_keras.analysis.nnmass import (chain_mass, chain_terms, convnext_block_mass, convnext_block_units, k_convnext,
                               k_resnet, nn_mass, resnet_bottleneck_mass, resnet_bottleneck_units)
 from ran_keras.spec import BlockSpec, NetworkSpec
 
@@ -128,7 +128,7 @@ def test_nn_mass_grows_with_depth_and_width():
 def test_to_dict_and_no_tensorflow():
     data = nn_mass(ran_keras.get_spec("ran_i_tiny")).to_dict(blocks=True)
     assert data["nn_mass"] == 14710 and data["k"] == pytest.approx(2.0) and len(data["blocks"]) == 1 + 30 + 3
-    code = ("import sys, ran_keras; from ran_keras.nnmass import nn_mass; import ran_keras.scale; "
+    code = ("import sys, ran_keras; from ran_keras.analysis.nnmass import nn_mass; import ran_keras.search.scaling; "
             "nn_mass(ran_keras.get_spec('convnext_base')); "
             "sys.exit('tensorflow' in sys.modules or 'tf_keras' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

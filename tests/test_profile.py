@@ -4,8 +4,9 @@ import pytest
 
 import ran_keras
 from ran_keras import registry
-from ran_keras.profile import conv_macs, profile_model, profile_spec
-from ran_keras.registry import parse_count, printed_tolerance
+from ran_keras.analysis.profile import profile_model, profile_spec
+from ran_keras.ir.costs import conv_macs
+from ran_keras.report import parse_count, printed_tolerance
 from ran_keras.spec import BlockSpec, NetworkSpec
 
 from conftest import ALL_MODELS

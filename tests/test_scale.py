@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 import ran_keras
-from ran_keras import scale
+from ran_keras.search import scaling
 from ran_keras.cli import main
-from ran_keras.models.convnext import convnext_spec, model_drop_path, scale_convnext
-from ran_keras.nnmass import nn_mass
-from ran_keras.profile import profile_model, profile_spec
-from ran_keras.scale import (Budget, ConvNeXtFamily, ScaleError, make_budgets, paper_budgets, parse_count,
+from ran_keras.models.convnext import convnext_spec
+from ran_keras.spec import model_drop_path, scale_width_depth as scale_convnext
+from ran_keras.analysis.nnmass import nn_mass
+from ran_keras.analysis.profile import profile_model, profile_spec
+from ran_keras.search.scaling import (Budget, ConvNeXtFamily, ScaleError, make_budgets, paper_budgets, parse_count,
                              parse_counts, parse_grid, parse_range, parse_tolerance, run_sweep, sample_multipliers)
 
 BASE = "convnext_tiny"
@@ -140,11 +141,18 @@ def test_a_hundred_thousand_candidates_in_one_vectorised_call(base):
     assert cand.macs.dtype == np.int64 and cand.macs.min() > 0 and cand.nn_mass.min() > 0
 
 
-def test_non_convnext_base_is_refused_with_the_reason():
-    with pytest.raises(ScaleError, match="--base resnet18: stem: must be exactly one 'conv' block"):
-        run_sweep(ran_keras.get_spec("resnet18"), paper_budgets())
-    with pytest.raises(ScaleError, match="'ibn' block, not 'convnext'"):
-        run_sweep(ran_keras.get_spec("efficientnet_lite_b0").replace(head=()), paper_budgets())
+def test_any_family_of_stages_is_costed_by_the_profiler_rules():
+    """Stages of an entry block and a run of identical blocks, any kind (a ResNet here), cost exactly as profiled."""
+    spec = ran_keras.get_spec("resnet18")
+    cand = ConvNeXtFamily.from_spec(spec).evaluate([1.0, 0.5], [1.0, 1.5], input_size=64, classes=10)
+    for i, (wm, dm) in enumerate(((1.0, 1.0), (0.5, 1.5))):
+        prof = profile_spec(scale_convnext(spec, wm, dm), input_size=64, classes=10)
+        assert (prof.params, prof.macs) == (cand.params[i], cand.macs[i])
+
+
+def test_a_run_that_changes_resolution_is_refused_with_the_reason():
+    with pytest.raises(ScaleError, match=r"stages\[0\]\[0\]: a 'ibn' block that changes its input's shape cannot be"):
+        run_sweep(ran_keras.get_spec("efficientnet_lite_b0"), paper_budgets())
 
 
 # --- the sweep ---------------------------------------------------------------------------------
@@ -204,20 +212,20 @@ def test_min_width_per_budget(base):
         assert "narrowest stage >= %d" % floor in b.budget.describe()
     with pytest.raises(ScaleError, match="--min-width has 2 values for 3 budgets"):
         paper_budgets(min_width=[64, 76])
-    assert scale.parse_widths("64,76,87") == floors
+    assert scaling.parse_widths("64,76,87") == floors
     with pytest.raises(ScaleError, match="channel counts must be positive"):
-        scale.parse_widths("64,0")
+        scaling.parse_widths("64,0")
 
 
 def test_budget_nothing_fits_says_why(base):
     result = run_sweep(base, make_budgets([1e6], None), samples=50, seed=0)
     assert result.budgets[0].chosen is None
     c = result.candidates
-    reach = (f"the 50 candidates reach MACs {scale.fmt_count(c.macs.min())}-{scale.fmt_count(c.macs.max())} and "
-             f"params {scale.fmt_count(c.params.min())}-{scale.fmt_count(c.params.max())}")
+    reach = (f"the 50 candidates reach MACs {scaling.fmt_count(c.macs.min())}-{scaling.fmt_count(c.macs.max())} and "
+             f"params {scaling.fmt_count(c.params.min())}-{scaling.fmt_count(c.params.max())}")
     assert (f"H1: MACs 1.00M ±2%: 0 of 50 candidates inside, 0 distinct architectures - none to rank: {reach}; "
             "MACs 1.00M ±2% (980.00K-1.02M) is below all of them: change the target, or move the --wm/--dm ranges "
-            "(or --base) so that candidates reach it") in scale.format_report(result)
+            "(or --base) so that candidates reach it") in scaling.format_report(result)
 
 
 def test_nothing_fits_because_of_the_width_floor(base):
@@ -226,23 +234,23 @@ def test_nothing_fits_because_of_the_width_floor(base):
     fit = h1.budget.contains(c.macs, c.params)
     widest = c.widths.min(axis=1)[fit].max()
     assert h1.chosen is None and fit.sum() > 0 and 50 < widest < 500
-    message = scale.format_report(result).split("\n\nH1: ")[1].split("\n")[0]
+    message = scaling.format_report(result).split("\n\nH1: ")[1].split("\n")[0]
     assert message.endswith(f"{fit.sum()} meet the targets but the width floor removed all of them: their narrowest "
                             f"stage has at most {widest} channels, the floor is 500: lower --min-width to at most "
                             f"{widest}")
     assert "--grid" not in message and "sample" not in message
-    assert "lower --min_width to at most" in scale.format_report(result, sep="_")
+    assert "lower --min_width to at most" in scaling.format_report(result, sep="_")
 
 
 def test_nothing_fits_when_the_two_targets_disagree_or_samples_are_sparse(base):
     result = run_sweep(base, paper_budgets(), samples=800, seed=0)      # H3 at ±2%: WORKSPACE.md
-    message = scale.nothing_fits(result, result.budgets[2])
+    message = scaling.nothing_fits(result, result.budgets[2])
     assert "12 meet the MACs target and 15 the params target, none both: widen --tolerance, or give only one" in message
     sparse = run_sweep(base, make_budgets([4e9], None, 0.001), samples=20, seed=0)
-    assert scale.nothing_fits(sparse, sparse.budgets[0]).endswith(
+    assert scaling.nothing_fits(sparse, sparse.budgets[0]).endswith(
         "0 meet the MACs target: sample more (--samples), use a --grid, or widen --tolerance")
     grid = run_sweep(base, make_budgets([4e9], None, 0.001), grid=(0.5, 0.5))
-    assert scale.nothing_fits(grid, grid.budgets[0]).endswith(
+    assert scaling.nothing_fits(grid, grid.budgets[0]).endswith(
         "0 meet the MACs target: use a finer --grid step or widen --tolerance")
 
 
@@ -263,16 +271,16 @@ def test_seed_and_sweep_size_limits():
     with pytest.raises(ScaleError, match="--seed must be an integer >= 0, got -1"):
         sample_multipliers((0.5, 1.0), (1.0, 2.0), samples=10, seed=-1)
     with pytest.raises(ScaleError, match="--samples 5,000,001 is more than the 5,000,000 candidates"):
-        sample_multipliers((0.5, 1.0), (1.0, 2.0), samples=scale.MAX_CANDIDATES + 1)
+        sample_multipliers((0.5, 1.0), (1.0, 2.0), samples=scaling.MAX_CANDIDATES + 1)
     with pytest.raises(ScaleError, match=r"makes 264,633,101 candidates \(13,501 x 19,601\), more than the 5,000,000"):
-        sample_multipliers(scale.PAPER_WM, scale.PAPER_DM, grid=(0.0001, 0.0001))
-    assert len(sample_multipliers(scale.PAPER_WM, scale.PAPER_DM, grid=(0.005, 0.01))[0]) == 271 * 197
-    assert scale.sweep_options() == {"wm": scale.PAPER_WM, "dm": scale.PAPER_DM, "samples": 800, "seed": 0,
+        sample_multipliers(scaling.PAPER_WM, scaling.PAPER_DM, grid=(0.0001, 0.0001))
+    assert len(sample_multipliers(scaling.PAPER_WM, scaling.PAPER_DM, grid=(0.005, 0.01))[0]) == 271 * 197
+    assert scaling.sweep_options() == {"wm": scaling.PAPER_WM, "dm": scaling.PAPER_DM, "samples": 800, "seed": 0,
                                      "grid": None}
     with pytest.raises(ScaleError, match="--samples and --grid exclude each other"):
-        scale.sweep_options(samples=10, grid=(0.1, 0.1))
+        scaling.sweep_options(samples=10, grid=(0.1, 0.1))
     with pytest.raises(ScaleError, match="--seed applies to --samples"):
-        scale.sweep_options(seed=1, grid=(0.1, 0.1))
+        scaling.sweep_options(seed=1, grid=(0.1, 0.1))
 
 
 def test_plot_labels_the_input_size(base, tmp_path, monkeypatch):
@@ -281,13 +289,13 @@ def test_plot_labels_the_input_size(base, tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: labels.append(
         fig.axes[0].get_xlabel()))
     result = run_sweep(base, make_budgets([1e9], None, 0.2), samples=20, input_size=160)
-    scale.plot_sweep(result, tmp_path / "p.png")
+    scaling.plot_sweep(result, tmp_path / "p.png")
     assert labels == ["MACs (billions, 160x160)"]
 
 
 def test_chosen_spec_is_written_and_accepted_by_ran_profile(base, tmp_path, capsys):
     result = run_sweep(base, make_budgets([3.3e9], [21e6], 0.03), samples=800, seed=0)
-    written = scale.write_outputs(result, spec_dir=tmp_path / "specs", csv_path=tmp_path / "c.csv")
+    written = scaling.write_outputs(result, spec_dir=tmp_path / "specs", csv_path=tmp_path / "c.csv")
     path = written["specs"]["H1"]
     spec = ran_keras.NetworkSpec.load(path)
     row = result.candidates.row(result.budgets[0].chosen)
@@ -340,7 +348,7 @@ def test_cli_usage_errors(capsys, argv, words):
     ([], "give at least one budget"),
     (["--macs", "1e9,2e9", "--params", "1M,2M,3M"], "give one value per budget"),
     (["--macs", "3e9", "--grid", "0.1", "--seed", "1"], "--seed applies to --samples"),
-    (["--macs", "3e9", "--base", "resnet18"], "ConvNeXt-family"),
+    (["--macs", "3e9", "--base", "efficientnet_lite_b0"], "cannot be repeated"),
     (["--macs", "3e9", "--base", "convnext_tinyy"], "Did you mean: convnext_tiny"),
     (["--macs", "3e9", "--plot", "x.pdf"], "ending in .png"),
     (["--paper-budgets", "--macs", "3e9"], "give one or the other"),
@@ -394,9 +402,9 @@ def test_cli_defaults_are_the_library_constants(capsys):
     with pytest.raises(SystemExit):
         main(["scale", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default %g:%g, the paper's)" % scale.PAPER_WM in text
-    assert "(default %g:%g, the paper's)" % scale.PAPER_DM in text
-    assert f"(default {scale.DEFAULT_SAMPLES}, as in the paper; at most {scale.MAX_CANDIDATES:,})" in text
+    assert "(default %g:%g, the paper's)" % scaling.PAPER_WM in text
+    assert "(default %g:%g, the paper's)" % scaling.PAPER_DM in text
+    assert f"(default {scaling.DEFAULT_SAMPLES}, as in the paper; at most {scaling.MAX_CANDIDATES:,})" in text
 
 
 def test_absl_scale_shares_flags_with_train_in_one_process(tmp_path):

@@ -5,8 +5,10 @@ import json
 
 import pytest
 
-from ran_keras import search
-from ran_keras.recipes import resolve_config
+from ran_keras.blocks import AFRB_BAND
+
+from ran_keras.search import prelu
+from ran_keras.train.config import resolve_config
 from ran_keras.spec import BlockSpec, NetworkSpec, afrb_sites
 
 
@@ -32,15 +34,15 @@ def test_penalty_equals_lambda_sum_squares_on_known_alphas():
     from ran_keras.registry import create_model
     spec = afrb_spec()
     model = create_model(spec, (16, 16, 3), classes=10)
-    variables = search.alpha_variables(model, spec)
-    assert [v.name.split("/")[0] for v in variables] == search.alpha_layer_names(spec) == [
+    variables = prelu.alpha_variables(model, spec)
+    assert [v.name.split("/")[0] for v in variables] == prelu.alpha_layer_names(spec) == [
         "tiny_super_stage1_block1_alpha", "tiny_super_stage1_block2_alpha", "tiny_super_stage2_block1_alpha",
         "tiny_super_stage2_block2_alpha"]
     values = [0.25, 1.0, 1.5, -0.5]
     for v, a in zip(variables, values):
         v.assign(a)
     with tf.GradientTape() as tape:
-        penalty = search.alpha_penalty(variables, 0.3)
+        penalty = prelu.alpha_penalty(variables, 0.3)
     expected = 0.3 * (0.75 ** 2 + 0 + 0.5 ** 2 + 1.5 ** 2)
     assert float(penalty) == pytest.approx(expected, rel=1e-6)
     grads = tape.gradient(penalty, variables)
@@ -49,15 +51,16 @@ def test_penalty_equals_lambda_sum_squares_on_known_alphas():
 
 def test_decision_rule_band_is_inclusive():
     alphas = [0.79, 0.8, 1.0, 1.3, 1.31, -0.2]
-    assert search.decide(alphas) == [False, True, True, True, False, False]
-    assert search.decide(alphas, (0.9, 1.1)) == [False, False, True, False, False, False]
-    with pytest.raises(search.SearchError, match="low < high"):
-        search.decide(alphas, (1.3, 0.8))
+    assert prelu.decide(alphas) == [False, True, True, True, False, False]
+    assert prelu.decide(alphas, (0.9, 1.1)) == [False, False, True, False, False, False]
+    for band in ((1.3, 0.8), (0.1, 0.5), (1.1, 2.0)):   # one rule with the rewriter: low <= 1 <= high
+        with pytest.raises(prelu.SearchError, match="low <= 1 <= high"):
+            prelu.decide(alphas, band)
 
 
 def test_derived_spec_for_hand_set_alphas_is_exactly_the_expected_one():
     spec = afrb_spec()
-    derived = search.derive_spec(spec, [0.95, 0.2, 1.35, 1.29], name="picked", input_size=32)
+    derived = prelu.derive_spec(spec, [0.95, 0.2, 1.35, 1.29], name="picked", input_size=32)
     expected = NetworkSpec(
         name="picked", activation="hard_swish", input_size=32, bn_momentum=0.9, family="ran_e",
         description=derived.description,
@@ -70,25 +73,25 @@ def test_derived_spec_for_hand_set_alphas_is_exactly_the_expected_one():
     assert derived == expected
     assert "2 of 4 AFRBs collapsed" in derived.description
     assert not afrb_sites(derived)
-    with pytest.raises(search.SearchError, match="has 4 AFRBs, got 3 alphas"):
-        search.derive_spec(spec, [1, 1, 1])
+    with pytest.raises(prelu.SearchError, match="has 4 AFRBs, got 3 alphas"):
+        prelu.derive_spec(spec, [1, 1, 1])
 
 
 def test_spec_without_afrbs_is_refused(tmp_path, capsys):
     from ran_keras.cli import main
-    with pytest.raises(search.SearchError, match="resnet18 has no AFRB blocks"):
-        search.run_search(search_cfg(tmp_path, model="resnet18"), lam=0.1)
+    with pytest.raises(prelu.SearchError, match="resnet18 has no AFRB blocks"):
+        prelu.run_search(search_cfg(tmp_path, model="resnet18"), lam=0.1)
     assert main(["search", "--model=ran_e_c", "--dataset=digits", f"--model_dir={tmp_path}"]) == 2
     assert "ran_e_c has no AFRB blocks" in capsys.readouterr().err
     assert main(["search", "--model=ran_e_supernet", "--band=1.3,0.8", f"--model_dir={tmp_path}"]) == 2
-    assert "low < high" in capsys.readouterr().err
-    with pytest.raises(search.SearchError, match="--lambda must be a number >= 0"):
-        search.run_search(search_cfg(tmp_path), afrb_spec(), lam=float("nan"))
+    assert "low <= 1 <= high" in capsys.readouterr().err
+    with pytest.raises(prelu.SearchError, match="--lambda must be a number >= 0"):
+        prelu.run_search(search_cfg(tmp_path), afrb_spec(), lam=float("nan"))
 
 
 def test_demo_supernet_is_the_table5_layout():
     from ran_keras import get_spec
-    demo, full = search.demo_supernet_spec(), get_spec("ran_e_supernet")
+    demo, full = prelu.demo_supernet_spec(), get_spec("ran_e_supernet")
     assert [s.block.kind for s in afrb_sites(demo)] == [s.block.kind for s in afrb_sites(full)]
     assert len(afrb_sites(demo)) == 16 and demo.input_size == 32 and demo.total_stride == 16
 
@@ -98,7 +101,7 @@ def test_search_run_logs_alphas_and_writes_a_usable_spec(tmp_path, capsys):
     from ran_keras.cli import main
     from ran_keras.registry import create_model
     lines = []
-    res = search.run_search(search_cfg(tmp_path), afrb_spec(), lam=0.5, band=(0.45, 1.3), log=lines.append,
+    res = prelu.run_search(search_cfg(tmp_path), afrb_spec(), lam=0.5, band=(0.45, 1.3), log=lines.append,
                             fold=True)
     assert res.steps == 4 and len(res.alphas) == 4
     # one row per step (and the initial alphas), one column per AFRB; the last row is what was decided on
@@ -118,7 +121,7 @@ def test_search_run_logs_alphas_and_writes_a_usable_spec(tmp_path, capsys):
     assert {"alpha/stage1_block1", "alpha/stage2_block2", "alpha_penalty", "ce"} <= tags
     report = "\n".join(lines)
     assert "collapsed" in report and f"collapsed {res.collapsed} of 4 AFRBs" in report
-    assert res.collapse == search.decide(res.alphas, (0.45, 1.3))
+    assert res.collapse == prelu.decide(res.alphas, (0.45, 1.3))
     # the rewriter folded the trained SuperNet's in-band AFRBs; that model was evaluated on the held-out split
     assert (tmp_path / "folded.keras").is_file() and 0 <= res.folded_accuracy <= 1 and res.folded_macs > 0
     # the derived spec JSON goes straight into the profiler, the builder and `ran profile`
@@ -135,12 +138,12 @@ def test_search_run_logs_alphas_and_writes_a_usable_spec(tmp_path, capsys):
 
 
 def test_logged_penalty_matches_alphas(tmp_path):
-    from ran_keras import training
+    from ran_keras.train import trainer
     captured = []
 
-    class Capture(training.Callback):
+    class Capture(trainer.Callback):
         def on_train_begin(self, trainer):
-            self.read = search.alpha_variables(trainer.model, afrb_spec())
+            self.read = prelu.alpha_variables(trainer.model, afrb_spec())
 
         def on_step_end(self, trainer, step, logs):
             captured.append((logs["alpha_penalty"], [float(v.numpy()) for v in self.read]))
@@ -148,9 +151,9 @@ def test_logged_penalty_matches_alphas(tmp_path):
     lam = 0.25
     spec = afrb_spec()
     probe = Capture()
-    trainer = training.Trainer(search_cfg(tmp_path, epochs=1), spec, callbacks=[probe],
-                               extra_losses={"alpha_penalty": lambda m: search.alpha_penalty(
-                                   search.alpha_variables(m, spec), lam)})
+    trainer = trainer.Trainer(search_cfg(tmp_path, epochs=1), spec, callbacks=[probe],
+                               extra_losses={"alpha_penalty": lambda m: prelu.alpha_penalty(
+                                   prelu.alpha_variables(m, spec), lam)})
     trainer.run()
     # step 1's penalty is computed on the initial alphas (all 0.5)
     assert captured[0][0] == pytest.approx(lam * 4 * 0.25, rel=1e-6)
@@ -159,21 +162,21 @@ def test_logged_penalty_matches_alphas(tmp_path):
 
 
 def test_nan_during_search_stops_cleanly(tmp_path):
-    from ran_keras import training
-    from ran_keras.training import NonFiniteLossError
+    from ran_keras.train import trainer
+    from ran_keras.train.trainer import NonFiniteLossError
 
-    class PoisonAlpha(training.Callback):
+    class PoisonAlpha(trainer.Callback):
         def on_step_end(self, trainer, step, logs):
             if step == 2:
-                search.alpha_variables(trainer.model, afrb_spec())[0].assign(float("nan"))
+                prelu.alpha_variables(trainer.model, afrb_spec())[0].assign(float("nan"))
 
     cfg = search_cfg(tmp_path, checkpoint_every=1)
-    logger = search.AlphaLogger(afrb_spec(), tmp_path, search.DEFAULT_BAND)
+    logger = prelu.AlphaLogger(afrb_spec(), tmp_path, AFRB_BAND)
     with pytest.raises(NonFiniteLossError, match="at step 3.*ckpt-2"):
-        training.train(cfg, afrb_spec(), callbacks=[PoisonAlpha(), logger],
-                       extra_losses={"alpha_penalty": lambda m: search.alpha_penalty(
-                           search.alpha_variables(m, afrb_spec()), 0.1)})
-    rows = search.read_alpha_csv(tmp_path / "alphas.csv", 4)
+        trainer.train(cfg, afrb_spec(), callbacks=[PoisonAlpha(), logger],
+                       extra_losses={"alpha_penalty": lambda m: prelu.alpha_penalty(
+                           prelu.alpha_variables(m, afrb_spec()), 0.1)})
+    rows = prelu.read_alpha_csv(tmp_path / "alphas.csv", 4)
     assert [r[0] for r in rows] == [0, 1, 2]                     # flushed and closed on the way out
     assert logger._fh is None and (tmp_path / "alphas.png").is_file()
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.suffix == ".index")
@@ -181,7 +184,7 @@ def test_nan_during_search_stops_cleanly(tmp_path):
 
 
 def test_lambda_sweep_writes_a_summary(tmp_path):
-    results = search.run_sweep(search_cfg(tmp_path, epochs=1), afrb_spec(), lambdas=[0.0, 1.0], log=lambda _: None)
+    results = prelu.run_sweep(search_cfg(tmp_path, epochs=1), afrb_spec(), lambdas=[0.0, 1.0], log=lambda _: None)
     assert [r.lam for r in results] == [0.0, 1.0]
     assert [r.model_dir for r in results] == [str(tmp_path / "lambda_0"), str(tmp_path / "lambda_1")]
     table = (tmp_path / "sweep.md").read_text().splitlines()
@@ -195,7 +198,7 @@ def test_lambda_sweep_writes_a_summary(tmp_path):
 
 def test_width_is_applied_once_to_the_searched_supernet(tmp_path):
     """--width scales the SuperNet once: the model trained, search.json and derived_spec.json agree."""
-    res = search.run_search(search_cfg(tmp_path, width=0.5, epochs=1, steps_per_epoch=1), afrb_spec(), lam=0.1,
+    res = prelu.run_search(search_cfg(tmp_path, width=0.5, epochs=1, steps_per_epoch=1), afrb_spec(), lam=0.1,
                             log=lambda _: None)
     trained = NetworkSpec.load(tmp_path / "model.spec.json")     # written from the model that was trained
     assert trained.name == "tiny_super_w0.5" == res.supernet.name

@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from ran_keras.recipes import ConfigError, resolve_config
+from ran_keras.train.config import ConfigError, resolve_config
 from ran_keras.spec import BlockSpec, NetworkSpec
-from ran_keras.training import Callback
+from ran_keras.train.trainer import Callback
 
 
 def tiny_spec(name="tiny"):
@@ -56,7 +56,7 @@ class OnBegin(Callback):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """An uninterrupted 6-step run: the reference for resume."""
-    from ran_keras.training import train
+    from ran_keras.train.trainer import train
     out = tmp_path_factory.mktemp("straight")
     return train(tiny_cfg(out), tiny_spec()), out
 
@@ -82,7 +82,7 @@ def test_outputs_of_a_run(straight):
 
 
 def test_resume_restores_optimizer_slots_and_matches_uninterrupted(straight, tmp_path):
-    from ran_keras.training import train
+    from ran_keras.train.trainer import train
     ref, ref_dir = straight
     cfg = tiny_cfg(tmp_path, checkpoint_every=2)
     stopper = RaiseAt(step=5, snap=4)
@@ -120,14 +120,14 @@ def test_resume_restores_optimizer_slots_and_matches_uninterrupted(straight, tmp
     ({"seed": 1}, "--seed was 0, now 1"),
 ])
 def test_resume_refuses_settings_that_change_data_order_or_schedule(straight, change, message):
-    from ran_keras.training import train
+    from ran_keras.train.trainer import train
     _, out = straight
     with pytest.raises(ConfigError, match=re.escape(f"cannot resume {out}: {message}")):
         train(tiny_cfg(out, **change), tiny_spec())
 
 
 def test_resume_refuses_another_model_and_compares_resolved_values(straight):
-    from ran_keras.training import Trainer, train
+    from ran_keras.train.trainer import Trainer, train
     _, out = straight
     with pytest.raises(ConfigError, match="different architecture"):
         train(tiny_cfg(out), tiny_spec("other"))
@@ -142,7 +142,7 @@ def test_resume_refuses_another_model_and_compares_resolved_values(straight):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     from ran_keras.backend import tf
-    from ran_keras.training import NonFiniteLossError, train
+    from ran_keras.train.trainer import NonFiniteLossError, train
 
     class Poison(Callback):
         def on_step_end(self, trainer, step, logs):
@@ -168,7 +168,7 @@ def test_convnext_recipe_trains_a_tiny_convnext(tmp_path):
     """AdamW + decoupled decay + EMA + RandAugment + mixup/CutMix + drop path, on whatever is registered."""
     from ran_keras import get_spec
     from ran_keras.spec import scale_depth, scale_width
-    from ran_keras.training import train
+    from ran_keras.train.trainer import train
     spec = scale_depth(scale_width(get_spec("convnext_tiny"), 1 / 12, head=True), 0.34, name="convnext_micro")
     cfg = resolve_config("convnext", dict(model_dir=str(tmp_path), dataset="digits", image_size=32, batch_size=8,
                                           steps_per_epoch=2, epochs=1, eval_steps=1, warmup_epochs=0.5,
@@ -182,7 +182,7 @@ def test_convnext_recipe_trains_a_tiny_convnext(tmp_path):
 
 def test_bfloat16_mixed_precision_step(tmp_path):
     from ran_keras.backend import keras
-    from ran_keras.training import Trainer
+    from ran_keras.train.trainer import Trainer
     trainer = Trainer(tiny_cfg(tmp_path, dtype="bfloat16", epochs=1, steps_per_epoch=2), tiny_spec())
     result = trainer.run()
     assert result.steps == 2 and np.isfinite(result.final["eval_loss"])

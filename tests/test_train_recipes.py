@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from ran_keras import recipes
-from ran_keras.recipes import ConfigError, TrainConfig, resolve_config
+from ran_keras.train import config
+from ran_keras.train.config import ConfigError, TrainConfig, resolve_config
 
 
 def test_ran_e_recipe_is_appendix_b():
@@ -54,7 +54,7 @@ def test_unknown_recipe_and_setting():
 
 
 def test_lr_schedule_values():
-    from ran_keras.training import WarmupSchedule
+    from ran_keras.train.trainer import WarmupSchedule
 
     def lr(step, schedule="cosine", minimum=0.0, warmup=10):
         return float(WarmupSchedule(1.0, warmup, 110, schedule, minimum)(step))
@@ -74,7 +74,7 @@ def test_every_setting_is_a_flag_and_flags_reach_the_config():
     from ran_keras.experiments import flags as flags_lib
     from ran_keras.experiments import search  # noqa: F401 - search adds its flags to the same registry
     FLAGS = flags_lib.FLAGS
-    for name in recipes.FIELDS:
+    for name in config.FIELDS:
         assert name in FLAGS, name
     try:
         FLAGS(["prog", "--recipe=convnext", "--epochs=2", "--noema", "--dataset=digits", "--lambda=0.5"])
@@ -101,7 +101,7 @@ def test_cli_help_and_bad_flags(capsys):
 
 def test_drop_path_rule_on_registered_convnext():
     from ran_keras import get_spec
-    from ran_keras.training import apply_drop_path
+    from ran_keras.train.trainer import apply_drop_path
     spec = apply_drop_path(get_spec("convnext_tiny"), 0.3)
     rates = [s.block.drop_path for s in spec.sites if s.block.has("drop_path")]
     assert rates[0] == 0 and rates[-1] == pytest.approx(0.3)

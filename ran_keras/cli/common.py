@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Optional
 
-from ran_keras import io
+from ran_keras import fileio
 from ran_keras.errors import RanError
 
 
@@ -33,7 +33,7 @@ def emit_json(data: Any, dest: Optional[str]) -> None:
     if dest in (None, "-"):
         sys.stdout.write(text)
     else:
-        io.write_text(dest, text)
+        fileio.write_text(dest, text)
         print(f"wrote {dest}", file=sys.stderr)
 
 

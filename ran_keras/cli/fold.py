@@ -9,11 +9,8 @@ from pathlib import Path
 
 from ran_keras.cli.common import CliError, add_json_arg, emit_json, nonneg_int
 
-# copies of ran_keras.rewrite's defaults (a test keeps them equal): importing the rewriter here
-# would load numpy on every `ran` call
-DEFAULT_BAND = (0.8, 1.3)
-DEFAULT_SAMPLES = 4
-POLICIES = ("smaller", "always", "none")
+from ran_keras.blocks import AFRB_BAND
+from ran_keras.rewrite.defaults import CHAIN_POLICIES, FOLD_SAMPLES
 
 DESCRIPTION = """\
 Fold the linear parts of a saved Keras model into fewer layers, exactly: BatchNorms into their
@@ -41,16 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="where to write the folded model (.keras or .h5)")
     p.add_argument("--alpha-band", nargs=2, type=_float, metavar=("LO", "HI"), default=None,
                    help=f"collapse AFRBs whose alpha is in [LO, HI], LO <= 1 <= HI "
-                        f"(default {DEFAULT_BAND[0]:g} {DEFAULT_BAND[1]:g}; 1 1 = only exact 1)")
-    p.add_argument("--chains", choices=POLICIES, default="smaller",
+                        f"(default {AFRB_BAND[0]:g} {AFRB_BAND[1]:g}; 1 1 = only exact 1)")
+    p.add_argument("--chains", choices=CHAIN_POLICIES, default="smaller",
                    help="merge other linear chains: where MACs do not grow and no border map is needed "
                         "(smaller, default), wherever possible (always), or never (none)")
     p.add_argument("--skip-unsupported", action="store_true",
                    help="instead of failing, leave a fold undone (and report it) when it is blocked by a "
                         "grouped, dilated or depth-multiplier convolution, or when an AFRB in the band "
                         "needs a border map and the model's input size is not fixed")
-    p.add_argument("--samples", type=nonneg_int, default=DEFAULT_SAMPLES, metavar="N",
-                   help=f"sample images for the output-change check (default {DEFAULT_SAMPLES}; 0 skips the check)")
+    p.add_argument("--samples", type=nonneg_int, default=FOLD_SAMPLES, metavar="N",
+                   help=f"sample images for the output-change check (default {FOLD_SAMPLES}; 0 skips the check)")
     add_json_arg(p)
     p.set_defaults(func=cmd_fold)
 
@@ -64,19 +61,19 @@ def cmd_fold(args) -> int:
         raise CliError(f"input {str(src)!r} is a directory, not a saved model file (.keras or .h5)")
     if src.resolve() == dest.resolve():
         raise CliError(f"output {str(dest)!r} is the input; write the folded model to a new file")
-    band = tuple(args.alpha_band) if args.alpha_band is not None else DEFAULT_BAND
+    band = tuple(args.alpha_band) if args.alpha_band is not None else AFRB_BAND
     if not band[0] <= 1.0 <= band[1]:
         raise CliError(f"--alpha-band LO HI must have LO <= 1 <= HI, got {band[0]:g} {band[1]:g}")
-    from ran_keras import io
+    from ran_keras import fileio
     from ran_keras.builder import load_model
-    from ran_keras.rewrite import fold, format_report
+    from ran_keras.rewrite.fold import fold, format_report
 
     print(f"loading {src} ...", file=sys.stderr)
     model = load_model(src)
     print(f"folding {model.name} ({len(model.layers)} layers) ...", file=sys.stderr)
     new_model, report = fold(model, band, chains=args.chains,
                              on_unsupported="skip" if args.skip_unsupported else "error", samples=args.samples)
-    with io.atomic_path(dest) as tmp:
+    with fileio.atomic_path(dest) as tmp:
         new_model.save(tmp)
     print(f"wrote {dest}", file=sys.stderr)
     if args.json:

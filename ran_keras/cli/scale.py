@@ -17,13 +17,13 @@ EXAMPLE = """examples:
 
 
 def _flag(name: str, flag: str):
-    """An argparse type calling ``ran_keras.scale.<name>`` (imported on use: it loads numpy) that turns
+    """An argparse type calling ``ran_keras.search.scaling.<name>`` (imported on use: it loads numpy) that turns
     its ScaleError into a usage error for ``flag``."""
     def convert(text):
-        from ran_keras import scale
+        from ran_keras.search import scaling
         try:
-            return getattr(scale, name)(text, flag)
-        except scale.ScaleError as err:
+            return getattr(scaling, name)(text, flag)
+        except scaling.ScaleError as err:
             raise argparse.ArgumentTypeError(str(err).split(": ", 1)[-1]) from None
     return convert
 
@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the paper's H1/H2/H3: (3.3B MACs, 21M params), (4.5B, 28M), (8.5B, 50M)")
     p.add_argument("--tolerance", type=_flag("parse_tolerance", "--tolerance"), default=0.02,
                    metavar="PCT", help="how far from each target a candidate may be: 2%% (default) or 0.02")
-    # defaults spelled out here rather than read from ran_keras.scale: importing it loads numpy, which
-    # `ran` start-up does not pay for; tests check they equal scale.PAPER_WM, PAPER_DM, DEFAULT_SAMPLES
+    # defaults spelled out here rather than read from ran_keras.search.scaling: importing it loads numpy, which
+    # `ran` start-up does not pay for; tests check they equal scaling.PAPER_WM, PAPER_DM, DEFAULT_SAMPLES
     p.add_argument("--wm", type=_flag("parse_range", "--wm"), default=None, metavar="LO:HI",
                    help="width multiplier range (default 0.25:1.6, the paper's)")
     p.add_argument("--dm", type=_flag("parse_range", "--dm"), default=None, metavar="LO:HI",
@@ -83,26 +83,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_scale(args) -> int:
-    from ran_keras import registry, scale
+    from ran_keras import registry
+    from ran_keras.search import scaling
 
     if args.plot and not args.plot.endswith(".png"):
         raise CliError(f"--plot writes a PNG; give a file name ending in .png, got {args.plot!r}")
     if args.mark and not args.plot:
         raise CliError("--mark only applies to --plot")
-    budgets = scale.budgets_from_options(args.macs, args.params, paper=args.paper_budgets,
+    budgets = scaling.budgets_from_options(args.macs, args.params, paper=args.paper_budgets,
                                          tolerance=args.tolerance, min_width=args.min_width)
-    options = scale.sweep_options(wm=args.wm or scale.PAPER_WM, dm=args.dm or scale.PAPER_DM, samples=args.samples,
+    options = scaling.sweep_options(wm=args.wm or scaling.PAPER_WM, dm=args.dm or scaling.PAPER_DM, samples=args.samples,
                                   seed=args.seed, grid=args.grid)
     base = registry.resolve_spec(args.base)
-    scale.check_output_names(base, args.prefix, args.drop_path)
-    result = scale.run_sweep(base, budgets, **options, input_size=args.input_size, classes=args.classes)
-    marks = scale.model_marks(args.mark, args.input_size, args.classes) if args.mark else ()
-    written = scale.write_outputs(result, csv_path=args.csv, plot_path=args.plot, spec_dir=args.spec_dir,
+    scaling.check_output_names(base, args.prefix, args.drop_path)
+    result = scaling.run_sweep(base, budgets, **options, input_size=args.input_size, classes=args.classes)
+    marks = scaling.model_marks(args.mark, args.input_size, args.classes) if args.mark else ()
+    written = scaling.write_outputs(result, csv_path=args.csv, plot_path=args.plot, spec_dir=args.spec_dir,
                                   prefix=args.prefix, drop_path=args.drop_path, marks=marks)
     if args.json:
         emit_json(dict(result.to_dict(args.top), written=written), args.json)
     else:
-        print(scale.format_report(result, args.top))
+        print(scaling.format_report(result, args.top))
     for what in ("csv", "plot"):
         if what in written:
             print(f"wrote {written[what]}", file=sys.stderr)

@@ -9,17 +9,16 @@ depths ``round(d * dm)``, the highest-NN-Mass candidates the paper found for its
 
 Stochastic depth follows ConvNeXt's linear rule: block i of n (network order, from 0) drops its
 branch with probability ``drop_path * i / (n - 1)``. Each block stores its own rate in the spec
-(``drop_path``), so a spec JSON carries everything training needs; ``with_drop_path`` re-applies
-the rule for another model-level rate.
+(``drop_path``), so a spec JSON carries everything training needs; ``ran_keras.spec.with_drop_path``
+re-applies the rule for another model-level rate, ``ran_keras.spec.scale_width_depth`` scales.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
-from ran_keras.models.resnet import IMAGENET_MEAN, IMAGENET_STD
-from ran_keras.registry import PaperFigures, register
-from ran_keras.spec import BlockSpec, NetworkSpec, map_blocks, scale_depth, scale_width
+from ran_keras.models._registry import PaperFigures, register
+from ran_keras.spec import IMAGENET_MEAN, IMAGENET_STD, BlockSpec, NetworkSpec, scale_width_depth, with_drop_path
 
 #: family configs: stage widths, stage depths, model-level drop_path (ConvNeXt paper's ImageNet-1K rates)
 CONVNEXT_CONFIGS = {
@@ -34,27 +33,6 @@ RAN_I_CONFIGS = {
     "ran_i_small": dict(label="RAN-i-S", wm=0.789, dm=1.65, drop_path=0.2),
     "ran_i_base": dict(label="RAN-i-B", wm=0.9105, dm=2.30, drop_path=0.4),
 }
-
-
-def drop_path_rates(count: int, rate: float) -> List[float]:
-    """ConvNeXt's linear stochastic-depth rule: 0 for the first of ``count`` blocks, ``rate`` for the last."""
-    if not 0 <= rate < 1:
-        raise ValueError(f"drop_path must be in [0, 1), got {rate!r}")
-    if count <= 1:
-        return [0.0] * count
-    return [round(rate * i / (count - 1), 6) for i in range(count)]
-
-
-def model_drop_path(spec: NetworkSpec) -> float:
-    """The model-level rate: the largest per-block ``drop_path`` (that of the last block)."""
-    return max((b.drop_path for b in spec.blocks() if b.has("drop_path")), default=0.0)
-
-
-def with_drop_path(spec: NetworkSpec, rate: float) -> NetworkSpec:
-    """Set every block's ``drop_path`` by the linear rule for the model-level ``rate``."""
-    sites = [s for s in spec.sites if s.block.has("drop_path")]
-    rates = dict(zip((s.path for s in sites), drop_path_rates(len(sites), rate)))
-    return map_blocks(spec, lambda s: s.block.replace(drop_path=rates[s.path]) if s.path in rates else s.block)
 
 
 def convnext_spec(name: str, widths: Sequence[int], depths: Sequence[int], drop_path: float = 0.0, *,
@@ -76,19 +54,6 @@ def convnext_spec(name: str, widths: Sequence[int], depths: Sequence[int], drop_
     return with_drop_path(spec, drop_path)
 
 
-def scale_convnext(base: NetworkSpec, wm: float, dm: float, *, name: Optional[str] = None,
-                   drop_path: Optional[float] = None, description: str = "") -> NetworkSpec:
-    """``base`` with widths ``round(w * wm)`` and depths ``round(d * dm)`` (paper Sec. 3.3).
-
-    ``drop_path``: the model-level stochastic-depth rate of the result (default: the base's).
-    """
-    rate = model_drop_path(base) if drop_path is None else drop_path
-    spec = scale_depth(scale_width(base, wm, rounding="round", stem=True), dm, rounding="round")
-    spec = with_drop_path(spec, rate)
-    return spec.replace(name=name or base.name, description=description or (
-        f"{base.name} scaled by width multiplier {wm:g} and depth multiplier {dm:g}"))
-
-
 def _convnext(name: str) -> NetworkSpec:
     cfg = CONVNEXT_CONFIGS[name]
     return convnext_spec(name, cfg["widths"], cfg["depths"], cfg["drop_path"],
@@ -98,7 +63,7 @@ def _convnext(name: str) -> NetworkSpec:
 
 def ran_i_spec(name: str) -> NetworkSpec:
     cfg = RAN_I_CONFIGS[name]
-    spec = scale_convnext(_convnext("convnext_tiny"), cfg["wm"], cfg["dm"], name=name, drop_path=cfg["drop_path"],
+    spec = scale_width_depth(_convnext("convnext_tiny"), cfg["wm"], cfg["dm"], name=name, drop_path=cfg["drop_path"],
                           description=f"{cfg['label']}: ConvNeXt-T at wm {cfg['wm']}, "
                                       f"dm {cfg['dm']}, drop_path {cfg['drop_path']} (Table 7)")
     return spec.replace(family="ran_i")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ran_keras.registry import PaperFigures, register
+from ran_keras.models._registry import PaperFigures, register
 from ran_keras.spec import BlockSpec, NetworkSpec, with_activation
 
 # (expansion, kernel, channels, repeats, stride) of EfficientNet-B0's seven MBConv stages

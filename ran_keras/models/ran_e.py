@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple, Union
 
-from ran_keras.registry import PaperFigures, register
+from ran_keras.models._registry import PaperFigures, register
 from ran_keras.spec import BlockSpec, NetworkSpec, realize_afrbs, scale_width
 
 # (in, out, kernel(s), repeats, expansion, stride, collapsed flag per repeat)

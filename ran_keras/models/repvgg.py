@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ran_keras.models.resnet import IMAGENET_MEAN, IMAGENET_STD
-from ran_keras.registry import PaperFigures, register
-from ran_keras.spec import BlockSpec, NetworkSpec
+from ran_keras.models._registry import PaperFigures, register
+from ran_keras.spec import IMAGENET_MEAN, IMAGENET_STD, BlockSpec, NetworkSpec
 
 A0_WIDTHS = (48, 48, 96, 192, 1280)
 A0_DEPTHS = (1, 2, 4, 14, 1)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from ran_keras.registry import PaperFigures, register
-from ran_keras.spec import BlockSpec, NetworkSpec
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
+from ran_keras.models._registry import PaperFigures, register
+from ran_keras.spec import IMAGENET_MEAN, IMAGENET_STD, BlockSpec, NetworkSpec
 
 @register("resnet18", family="resnet", description="ResNet-18 (torchvision layout)",
           paper=PaperFigures("11.7M", "1.8B", "Table 2", top1_final=71.2, fps_u55=0.46, fps_u65=0.48,

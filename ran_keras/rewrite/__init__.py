@@ -1,6 +1,6 @@
 """The graph rewriter: fold the linear parts of trained models exactly (paper Sec. 2.2, Fig. 2d/3).
 
-``fold(model, alpha_band=(0.8, 1.3))`` returns a new functional model in which BatchNorms are
+``ran_keras.rewrite.fold.fold(model, alpha_band=(0.8, 1.3))`` returns a new functional model in which BatchNorms are
 folded into their convolutions, AFRBs whose alpha is close to 1 are collapsed into a ReLU and one
 k x k convolution, and other linear chains are merged where that pays, plus a ``FoldReport``.
 
@@ -8,9 +8,5 @@ k x k convolution, and other linear chains are merged where that pays, plus a ``
   image borders; the proof is in its docstring).
 * ``ran_keras.rewrite.graph``: reads a Keras model as segments of linear units and plans folds.
 * ``ran_keras.rewrite.rebuild``: builds the new model with transferred weights.
+* ``ran_keras.rewrite.fold``: ``fold``, ``format_report``, ``compare``; ``defaults``: its defaults.
 """
-
-from ran_keras.rewrite.linear import FoldError
-from ran_keras.rewrite.fold import DEFAULT_BAND, FoldRecord, FoldReport, Skipped, compare, fold, format_report
-
-__all__ = ["fold", "FoldReport", "FoldRecord", "Skipped", "FoldError", "compare", "format_report", "DEFAULT_BAND"]

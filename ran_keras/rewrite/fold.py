@@ -9,11 +9,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ran_keras.blocks import AFRB_BAND, check_afrb_band
+from ran_keras.errors import SpecError
 from ran_keras.rewrite import graph as g
+from ran_keras.rewrite.defaults import FOLD_SAMPLES
 from ran_keras.rewrite.linear import FoldError
 
-DEFAULT_BAND = (0.8, 1.3)
-DEFAULT_SAMPLES = 4
 _TOPS = 10
 
 
@@ -75,8 +76,8 @@ class FoldReport:
 
 # --- public entry point ------------------------------------------------------------------------
 
-def fold(model, alpha_band: Optional[Sequence[float]] = DEFAULT_BAND, *, chains: str = "smaller",
-         on_unsupported: str = "error", sample: Optional[Any] = None, samples: int = DEFAULT_SAMPLES,
+def fold(model, alpha_band: Optional[Sequence[float]] = AFRB_BAND, *, chains: str = "smaller",
+         on_unsupported: str = "error", sample: Optional[Any] = None, samples: int = FOLD_SAMPLES,
          name: Optional[str] = None):
     """Fold the linear parts of ``model`` exactly; returns ``(new_model, FoldReport)``.
 
@@ -107,8 +108,8 @@ def fold(model, alpha_band: Optional[Sequence[float]] = DEFAULT_BAND, *, chains:
     ``samples=0`` skips that. The original model is not modified.
     """
     band = _check_band(alpha_band)
-    if chains not in g.POLICIES:
-        raise FoldError(f"chains must be one of {', '.join(map(repr, g.POLICIES))}, got {chains!r}")
+    if chains not in g.CHAIN_POLICIES:
+        raise FoldError(f"chains must be one of {', '.join(map(repr, g.CHAIN_POLICIES))}, got {chains!r}")
     if on_unsupported not in ("error", "skip"):
         raise FoldError(f"on_unsupported must be 'error' or 'skip', got {on_unsupported!r}")
     alphas = _alphas(model)
@@ -150,15 +151,13 @@ def fold(model, alpha_band: Optional[Sequence[float]] = DEFAULT_BAND, *, chains:
 
 
 def _check_band(band) -> Tuple[float, float]:
+    """The band by the rule the search uses too (``blocks.check_afrb_band``); None: only alpha = 1."""
     if band is None:
         return (1.0, 1.0)
     try:
-        lo, hi = (float(v) for v in band)
-    except (TypeError, ValueError):
-        raise FoldError(f"alpha_band must be (low, high) numbers with low <= 1 <= high, got {band!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= 1.0 <= hi):
-        raise FoldError(f"alpha_band must be (low, high) with low <= 1 <= high, got {list(band)!r}")
-    return lo, hi
+        return check_afrb_band(band, "alpha_band")
+    except SpecError as err:
+        raise FoldError(str(err)) from None
 
 
 def _alphas(model) -> Dict[str, float]:
@@ -264,7 +263,7 @@ def _middle_activations(graph, segs, report: FoldReport) -> None:
 
 def _summary(model) -> Dict[str, Any]:
     """Params and MACs (``ran_keras.profile.profile_model``); MACs None when the input size is not fixed."""
-    from ran_keras.profile import profile_model
+    from ran_keras.analysis.profile import profile_model
     prof = profile_model(model)
     return {"params": prof.params, "trainable_params": prof.trainable_params, "macs": prof.macs,
             "macs_by_kind": prof.macs_by_kind, "layers": len({r.name for r in prof.layers})}
@@ -288,7 +287,7 @@ def _sample(model, sample, samples: int) -> Optional[List[np.ndarray]]:
         return [rng.normal(size=(samples,) + tuple(d or 8 for d in shape)).astype(np.float32)]
     h, w, c = (d or 224 for d in shape)
     if c in (1, 3) and h == w:
-        from ran_keras.data import offline_photos
+        from ran_keras.data.photos import offline_photos
         photos = offline_photos(samples, h, c, seed=0)
         return [((photos.astype(np.float32) - 127.5) / 127.5)]
     rng = np.random.default_rng(0)
@@ -411,4 +410,4 @@ def _short(names: Sequence[str]) -> str:
 
 
 __all__ = ["fold", "FoldReport", "FoldRecord", "Skipped", "FoldError", "compare", "format_report",
-           "DEFAULT_BAND"]
+           "AFRB_BAND"]

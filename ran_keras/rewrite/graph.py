@@ -20,11 +20,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ran_keras.profile import conv_macs, depthwise_macs
+from ran_keras.ir.costs import conv_macs, depthwise_macs
 from ran_keras.rewrite import linear
+from ran_keras.rewrite.defaults import CHAIN_POLICIES
 from ran_keras.rewrite.linear import FoldError
 
-POLICIES = ("smaller", "always", "none")
 LINEAR_KINDS = ("conv", "dw", "dense", "bn", "scale", "pad", "identity")
 
 
@@ -253,7 +253,7 @@ class Unit:
 def _macs(out_shape, kernel_size, cin: int, cout: int, *, depthwise: bool = False, groups: int = 1,
           unknown: Optional[int] = None) -> Optional[int]:
     """MACs of a conv / depthwise conv / dense with output ``out_shape`` (no batch axis), by
-    ``ran_keras.profile``'s cost functions; None if a size is unknown (unless ``unknown`` stands in).
+    ``ran_keras.analysis.profile``'s cost functions; None if a size is unknown (unless ``unknown`` stands in).
 
     The positions (every axis but channels) and the kh x kw taps are passed as the output size,
     so non-square kernels and Dense layers on any rank count too (the functions square ``kernel``).
@@ -589,5 +589,5 @@ def residual_add(seg: Segment, group: Group, graph: ModelGraph) -> Optional[GNod
     return add
 
 
-__all__ = ["POLICIES", "GNode", "ModelGraph", "read_graph", "Unit", "Segment", "segments", "Group",
+__all__ = ["CHAIN_POLICIES", "GNode", "ModelGraph", "read_graph", "Unit", "Segment", "segments", "Group",
            "required_spans", "span_problem", "group_blocker", "fold_group", "group_cost", "plan_segment", "residual_add"]

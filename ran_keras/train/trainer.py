@@ -33,14 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from ran_keras import datasets, io
+from ran_keras.data import classification
+from ran_keras import fileio
 from ran_keras.backend import keras, tf
 from ran_keras.errors import RanError
-from ran_keras.profile import profile_spec
-from ran_keras.recipes import ConfigError, TrainConfig, model_spec
+from ran_keras.analysis.profile import profile_spec
+from ran_keras.train.config import ConfigError, TrainConfig, model_spec
 from ran_keras.registry import create_model
 from ran_keras.report import fmt_count
-from ran_keras.spec import NetworkSpec, scale_width, with_activation
+from ran_keras.spec import NetworkSpec, scale_width, with_activation, with_drop_path
 
 LossFn = Callable[[Any], Any]
 
@@ -104,7 +105,6 @@ _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mix
 
 def apply_drop_path(spec: NetworkSpec, rate: float) -> NetworkSpec:
     """--drop_path_rate: ConvNeXt's linear stochastic-depth rule over the blocks that have ``drop_path``."""
-    from ran_keras.models.convnext import with_drop_path
     if not any(b.has("drop_path") for b in spec.blocks()):
         raise ConfigError(f"--drop_path_rate: {spec.name} has no blocks with a drop_path field (ConvNeXt-style "
                           f"blocks have one); leave the flag unset for this model")
@@ -249,7 +249,7 @@ class Trainer:
                               f"the {cfg.strategy} strategy; the batch size is global (each replica gets "
                               f"batch_size / replicas), so use a multiple of {self.replicas}")
         self.chief = is_chief(self.strategy)
-        self.source = datasets.load_source(cfg)
+        self.source = classification.load_source(cfg)
         classes = cfg.classes or self.source.num_classes
         if classes < self.source.num_classes:
             raise ConfigError(f"--classes={classes} is smaller than the {self.source.num_classes} classes of "
@@ -258,7 +258,7 @@ class Trainer:
         self.image_size = cfg.image_size or self.spec.input_size
         self.input_shape = (self.image_size, self.image_size, self.spec.input_channels)
         self.spec.check_input_shape(self.input_shape)
-        self.pipeline = datasets.Pipeline(self.source, cfg, image_size=self.image_size,
+        self.pipeline = classification.Pipeline(self.source, cfg, image_size=self.image_size,
                                           channels=self.spec.input_channels, mean=self.spec.input_mean,
                                           std=self.spec.input_std, num_classes=classes,
                                           global_batch=cfg.batch_size)
@@ -298,8 +298,8 @@ class Trainer:
                     raise ConfigError(f"cannot resume {self.model_dir}: --{key} was {was!r}, now {now!r}{how}; "
                                       f"use the same value or a new --model_dir")
         if self.chief:
-            io.write_text(cfg_path, resolved.to_json())
-            io.write_text(spec_path, self.spec.to_json())
+            fileio.write_text(cfg_path, resolved.to_json())
+            fileio.write_text(spec_path, self.spec.to_json())
 
     def _build(self):
         cfg = self.cfg
@@ -442,7 +442,7 @@ class Trainer:
         writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
-        io.write_text(self.model_dir / "metrics.csv", buf.getvalue())
+        fileio.write_text(self.model_dir / "metrics.csv", buf.getvalue())
 
     def _read_csv(self, upto_epoch: int) -> List[Dict[str, Any]]:
         """The rows of metrics.csv for epochs 1..upto_epoch (what a resumed run keeps)."""
@@ -615,7 +615,7 @@ class Trainer:
             record = dict(result.to_dict(), params=prof.params, macs=prof.macs, image_size=self.image_size,
                           classes=self.classes, dataset=self.source.name, global_batch=cfg.batch_size,
                           replicas=self.replicas)
-            io.write_text(self.model_dir / "results.json", json.dumps(record, indent=1) + "\n")
+            fileio.write_text(self.model_dir / "results.json", json.dumps(record, indent=1) + "\n")
         self.log(f"done: step {result.steps}, held-out accuracy {100 * final.get('eval_accuracy', float('nan')):.2f}%"
                  f" (loss {final.get('eval_loss', float('nan')):.4f}); model {result.model_path}")
         return result
@@ -630,7 +630,7 @@ class Trainer:
         final = create_model(self.spec, self.input_shape, classes=self.classes, seed=self.cfg.seed)
         final.set_weights(self.model.get_weights())
         path = self.model_dir / "model.keras"
-        with io.atomic_path(path, suffix=".keras") as tmp:
+        with fileio.atomic_path(path, suffix=".keras") as tmp:
             final.save(tmp)
         self.spec.save(self.model_dir / "model.spec.json")
         return path

@@ -27,11 +27,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ran_keras import augment
+from ran_keras.data import augment
 from ran_keras.backend import tf
-from ran_keras.data import IMAGE_SUFFIXES, TF_IMAGE_SUFFIXES
+from ran_keras.data.photos import IMAGE_SUFFIXES, TF_IMAGE_SUFFIXES
 from ran_keras.errors import close_matches
-from ran_keras.recipes import ConfigError, TrainConfig
+from ran_keras.train.config import ConfigError, TrainConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
 #: held-out sub-folders of an image folder next to DIR/train, in order of preference

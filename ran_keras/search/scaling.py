@@ -4,8 +4,8 @@ NN-Mass inside a MACs/params budget.
 For a base ConvNeXt-family spec, candidates ``(wm, dm)`` have widths ``round(w * wm)`` and depths
 ``round(d * dm)`` (``scale_width`` / ``scale_depth`` with 'round'). Their params, MACs, NN-Mass
 and non-linear units are computed analytically for all candidates at once with numpy, from the
-same per-layer cost functions the profiler uses (``ran_keras.profile``) and the NN-Mass block
-formula (``ran_keras.nnmass``); tests check them against ``profile_spec``/``nn_mass`` of the
+same per-layer cost functions the profiler uses (``ran_keras.analysis.profile``) and the NN-Mass block
+formula (``ran_keras.analysis.nnmass``); tests check them against ``profile_spec``/``nn_mass`` of the
 materialised specs and against built Keras models.
 
 A candidate is inside a budget when each given target (MACs, params) is within ``tolerance`` of
@@ -29,23 +29,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ran_keras import io
+from ran_keras import fileio
 from ran_keras.errors import RanError
-from ran_keras.models.convnext import scale_convnext
-from ran_keras.nnmass import convnext_block_mass, convnext_block_units
-from ran_keras.profile import (conv_macs, conv_params, dense_params, depthwise_macs, depthwise_params,
-                               profile_spec, same_size)
+from ran_keras.analysis.nnmass import block_mass
+from ran_keras.analysis.profile import block_rows, profile_spec, top_rows
 from ran_keras.report import fmt_count
-from ran_keras.spec import NetworkSpec, stage_depths
+from ran_keras.spec import NetworkSpec, scale_depth, scale_width, scale_width_depth, stage_depths
 
-#: the paper's search space and budgets (Sec. 3.4)
-PAPER_WM = (0.25, 1.6)
-PAPER_DM = (0.6, 2.56)
-PAPER_BUDGETS = (("H1", 3.3e9, 21e6), ("H2", 4.5e9, 28e6), ("H3", 8.5e9, 50e6))
-#: random samples when neither a sample count nor a grid is given (the paper's 800)
-DEFAULT_SAMPLES = 800
-#: the most candidates one sweep evaluates (numpy holds them all at once: 5M take about 0.8 GB and 5 s)
-MAX_CANDIDATES = 5_000_000
+from ran_keras.search.defaults import DEFAULT_SAMPLES, MAX_CANDIDATES, PAPER_BUDGETS, PAPER_DM, PAPER_WM  # noqa: F401
 
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 _COUNT_RE = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)")
@@ -262,7 +253,7 @@ def sweep_options(*, wm: Tuple[float, float] = PAPER_WM, dm: Tuple[float, float]
     return {"wm": wm, "dm": dm, "samples": samples, "seed": seed, "grid": None}
 
 
-# --- the ConvNeXt family, analytically ---------------------------------------------------------
+# --- the family, analytically -------------------------------------------------------------------
 
 def _depth_fields(block) -> Dict[str, Any]:
     """A block's fields as stage_depths compares them (drop_path aside)."""
@@ -270,116 +261,95 @@ def _depth_fields(block) -> Dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class StageShape:
-    down_kernel: Optional[int]   # the convnext_down block in front of the stage (None: none)
-    down_stride: int
-    width: int                   # base channels
-    depth: int                   # base number of convnext blocks
-    kernel: int
-    expansion: float
-    layer_scale: bool
-    nonlinear: bool              # the block's activation is not 'linear'
-
-
-@dataclass(frozen=True)
 class ConvNeXtFamily:
-    """What the analytic costs need from a ConvNeXt-family base spec."""
+    """A base spec the sweep can scale: every stage is an optional first block (a downsampling
+    layer, or a first block that changes stride or width) and a run of identical blocks that keep
+    their input's shape (ConvNeXt, RAN-i, the co-design nets, ResNets; any block kind). Stem and
+    head blocks are costed once.
+
+    Candidate costs come from the profiler's per-layer rows (``analysis.profile.block_rows``, the
+    IR ops' cost rules) and NN-Mass's per-block terms, evaluated once per distinct set of rounded
+    widths and combined with the depths in numpy: the sweep cannot disagree with ``ran profile``.
+    """
     base: NetworkSpec
-    stem_width: int
-    stem_kernel: int
-    stem_stride: int
-    stem_bias: bool
-    stem_norm: Optional[str]
-    stem_nonlinear: bool
-    stages: Tuple[StageShape, ...]
-    classifier_norm: bool
+    unit: NetworkSpec               # the base with every run cut to one block
+    channels: Tuple[int, ...]       # the distinct channel values width scaling multiplies
 
     @classmethod
     def from_spec(cls, spec: NetworkSpec) -> "ConvNeXtFamily":
         def refuse(path: str, why: str):
-            raise ScaleError(f"--base {spec.name}: {path}: {why}; the analytic sweep scales ConvNeXt-family "
-                             f"specs (a 'conv' stem, stages of an optional 'convnext_down' and 'convnext' blocks, "
-                             f"no head blocks), e.g. convnext_tiny")
+            raise ScaleError(f"--base {spec.name}: {path}: {why}; the sweep scales specs whose stages are an optional "
+                             f"first block (a downsampling layer) and a run of identical blocks, e.g. convnext_tiny")
 
-        if len(spec.stem) != 1 or spec.stem[0].kind != "conv":
-            refuse("stem", "must be exactly one 'conv' block")
-        if spec.head:
-            refuse("head", "must be empty")
-        stem = spec.stem[0]
-        depths = stage_depths(spec)
-        stages = []
-        for i, (stage, n) in enumerate(zip(spec.stages, depths)):
+        for i, (stage, n) in enumerate(zip(spec.stages, stage_depths(spec))):
             block, prefix = stage[-1], stage[:len(stage) - n]
-            if block.kind != "convnext":
-                refuse(f"stages[{i}][{len(stage) - 1}]", f"is a {block.kind!r} block, not 'convnext'")
             for j, other in enumerate(prefix):
-                if j == 0 and other.kind == "convnext_down":
+                if j == 0:
                     continue
-                if other.kind == "convnext":
+                if other.kind == block.kind:
                     last, this = _depth_fields(block), _depth_fields(other)
                     keys = [k for k in sorted(set(last) | set(this)) if this.get(k) != last.get(k)]
                     if not keys:        # like the last block; a later one breaks the run
                         continue
                     mine = ", ".join(f"{k} {this.get(k)!r}" for k in keys)
                     theirs = ", ".join(f"{k} {last.get(k)!r}" for k in keys)
-                    refuse(f"stages[{i}][{j}]", f"this 'convnext' block has {mine} where stages[{i}][{len(stage) - 1}] "
-                                                f"has {theirs}; a stage's 'convnext' blocks must be identical "
+                    refuse(f"stages[{i}][{j}]", f"this {block.kind!r} block has {mine} where stages[{i}][{len(stage) - 1}] "
+                                                f"has {theirs}; a stage's {block.kind!r} blocks must be identical "
                                                 f"(drop_path aside)")
-                refuse(f"stages[{i}][{j}]", f"is a {other.kind!r} block; a stage may start with one 'convnext_down' "
-                                            f"block, then only 'convnext' blocks")
-            down = prefix[0] if prefix else None
-            stages.append(StageShape(down.kernel if down else None, down.stride if down else 1, block.channels, n,
-                                     block.kernel, block.expansion, block.layer_scale is not None,
-                                     (block.activation or spec.activation) != "linear"))
-        return cls(spec, stem.channels, stem.kernel, stem.stride, bool(stem.bias), stem.norm,
-                   (stem.activation or spec.activation) != "linear", tuple(stages), spec.classifier_norm == "ln")
+                refuse(f"stages[{i}][{j}]", f"is a {other.kind!r} block; a stage may start with one block of another "
+                                            f"kind, then only {block.kind!r} blocks")
+        unit = scale_depth(spec, 1e-9)
+        for site in unit.sites:
+            if site.section == "stage" and site.index == len(unit.stages[site.stage - 1]):
+                rows, out = block_rows(unit, site, (64, 64, site.in_channels))
+                if out != (64, 64, site.in_channels):
+                    refuse(site.path, f"a {site.block.kind!r} block that changes its input's shape cannot be repeated")
+        values = sorted({b.get(k) for s in (spec.stem, *spec.stages) for b in s for k in ("channels", "mid_channels")
+                         if b.get(k) is not None})
+        return cls(spec, unit, tuple(values))
 
     @property
     def widths(self) -> np.ndarray:
-        return np.array([s.width for s in self.stages])
+        return np.array([stage[-1].channels for stage in self.base.stages])
 
     @property
     def depths(self) -> np.ndarray:
-        return np.array([s.depth for s in self.stages])
+        return np.array(stage_depths(self.base))
 
     def evaluate(self, wm, dm, *, input_size: Optional[int] = None, classes: int = 1000) -> "Candidates":
         """Params, MACs, NN-Mass and non-linear units of every candidate (numpy arrays, one row each)."""
         wm = np.atleast_1d(np.asarray(wm, dtype=float))
         dm = np.atleast_1d(np.asarray(dm, dtype=float))
         size = input_size or self.base.input_size
-        cin = self.base.input_channels
         rnd = lambda x: np.maximum(1, np.floor(x + 0.5)).astype(np.int64)  # noqa: E731 - ROUNDINGS['round']
         widths = rnd(self.widths[None, :] * wm[:, None])
         depths = rnd(self.depths[None, :] * dm[:, None])
-        stem_w = rnd(self.stem_width * wm)
+        keys = rnd(np.asarray(self.channels)[None, :] * wm[:, None])
+        _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        once, per_block = zip(*(self._unit_costs(float(wm[i]), size, classes) for i in first))
+        once, per_block = np.asarray(once)[inverse.ravel()], np.asarray(per_block)[inverse.ravel()]
+        totals = once + np.einsum("ns,nsk->nk", depths, per_block)
+        return Candidates(wm, dm, widths, depths, totals[:, 0].astype(np.int64), totals[:, 1].astype(np.int64),
+                          totals[:, 2], totals[:, 3].astype(np.int64))
 
-        h = same_size(size, self.stem_stride)
-        params = conv_params(self.stem_kernel, cin, stem_w, self.stem_bias)
-        params = params + (2 * stem_w if self.stem_norm == "ln" else 4 * stem_w if self.stem_norm == "bn" else 0)
-        macs = conv_macs(h, h, self.stem_kernel, cin, stem_w)
-        mass = np.zeros(len(wm))
-        units = stem_w if self.stem_nonlinear else np.zeros(len(wm), dtype=np.int64)
-        prev = stem_w
-        for s, shape in enumerate(self.stages):
-            c, d = widths[:, s], depths[:, s]
-            if shape.down_kernel is not None:
-                h = same_size(h, shape.down_stride)
-                params = params + 2 * prev + conv_params(shape.down_kernel, prev, c, True)
-                macs = macs + conv_macs(h, h, shape.down_kernel, prev, c)
-            hidden = np.maximum(1, np.round(shape.expansion * c)).astype(np.int64)
-            block_params = (depthwise_params(shape.kernel, c, True) + 2 * c + conv_params(1, c, hidden, True)
-                            + conv_params(1, hidden, c, True) + (c if shape.layer_scale else 0))
-            block_macs = depthwise_macs(h, h, shape.kernel, c) + conv_macs(h, h, 1, c, hidden) + conv_macs(
-                h, h, 1, hidden, c)
-            params = params + d * block_params
-            macs = macs + d * block_macs
-            mass = mass + d * convnext_block_mass(c, hidden)
-            units = units + (d * convnext_block_units(c, hidden) if shape.nonlinear else 0)
-            prev = c
-        params = params + (2 * prev if self.classifier_norm else 0) + dense_params(prev, classes)
-        macs = macs + prev * classes
-        return Candidates(wm, dm, widths, depths, np.asarray(params, dtype=np.int64),
-                          np.asarray(macs, dtype=np.int64), mass, units)
+    def _unit_costs(self, wm: float, size: int, classes: int):
+        """(params, MACs, NN-Mass, units) of everything but the runs, and of one block of each stage's
+        run, for the base scaled in width by ``wm``."""
+        spec = scale_width(self.unit, wm, rounding="round", stem=True)
+        shape = (size, size, spec.input_channels)
+        once, per_block = np.zeros(4), np.zeros((len(spec.stages), 4))
+        for site in spec.sites:
+            rows, shape = block_rows(spec, site, shape)
+            mass = block_mass(spec, site)
+            cost = (sum(r.params for r in rows), sum(r.macs for r in rows), mass.mass, mass.nonlinear_units)
+            is_run = site.section == "stage" and site.index == len(spec.stages[site.stage - 1])
+            if is_run:
+                per_block[site.stage - 1] = cost
+            else:
+                once += cost
+        top = top_rows(spec, shape[2], classes, spec.name)
+        once += (sum(r.params for r in top), sum(r.macs for r in top), 0, 0)
+        return once, per_block
 
 
 @dataclass
@@ -475,7 +445,7 @@ class SweepResult:
                     description: str = "") -> NetworkSpec:
         """The spec of candidate ``index``: the base scaled by its (wm, dm)."""
         c = self.candidates
-        spec = scale_convnext(self.base, float(c.wm[index]), float(c.dm[index]), name=name, drop_path=drop_path,
+        spec = scale_width_depth(self.base, float(c.wm[index]), float(c.dm[index]), name=name, drop_path=drop_path,
                               description=description)
         return spec.replace(family="ran_i")
 
@@ -570,7 +540,7 @@ def plot_sweep(result: SweepResult, path, *, marks: Sequence[Tuple[str, float, f
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with io.atomic_path(path, suffix=".png") as tmp:
+    with fileio.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
@@ -598,7 +568,7 @@ def write_outputs(result: SweepResult, *, csv_path=None, plot_path=None, spec_di
     """
     written: Dict[str, Any] = {"specs": {}}
     if csv_path:
-        written["csv"] = str(io.write_text(csv_path, candidates_csv(result)))
+        written["csv"] = str(fileio.write_text(csv_path, candidates_csv(result)))
     if plot_path:
         plot_sweep(result, plot_path, marks=marks)
         written["plot"] = str(plot_path)
@@ -697,7 +667,7 @@ def format_report(result: SweepResult, top: int = 5, sep: str = "-") -> str:
 def model_marks(models: Sequence[str], input_size: Optional[int] = None,
                 classes: int = 1000) -> List[Tuple[str, float, float]]:
     """(name, MACs, NN-Mass) of registered models or spec files, to mark on the plot."""
-    from ran_keras.nnmass import nn_mass
+    from ran_keras.analysis.nnmass import nn_mass
     from ran_keras.registry import resolve_spec
     out = []
     for model in models:

@@ -14,13 +14,18 @@ IBN with a residual (the same chain), ``(2 + e) / 3 * w`` for a ConvNeXt block (
 e w, w``: ``2 w`` at e = 4) and ``2 w`` for a ResNet basic block. Blocks without a residual add, and
 single-layer blocks (nothing to skip over), have NN-Mass 0.
 
+A block with parallel branches (``ran_keras.ir.Parallel``, e.g. ConvNeXt's co-design block) is
+read along its first branch; the weight layers of the other branches add their input channels to
+``i_b`` without adding links, so a second branch raises the block's NN-Mass in proportion to the
+inputs it reads (a choice: the paper defines NN-Mass on chains only).
+
 Non-linear units ``X`` are counted as in Eq. 7: the activation channels on each block's residual
 branch (``2 e w`` per bottleneck, ``e w`` per ConvNeXt block); an activation after the add
 (ResNet's output ReLU) is not counted. For residual networks of one repeating block shape,
 ``X = k m`` with ``k_R = 2e(2 + e) / (1 + 2e)`` and ``k_C = 3e / (2 + e)`` (Prop. 3).
 
 Pure Python on the spec (``ran_keras.blocks`` expansions): no TensorFlow. The per-block formulas
-also take numpy arrays, which the scaling sweep (``ran_keras.scale``) uses.
+also take numpy arrays, which the scaling sweep (``ran_keras.search.scaling``) uses.
 """
 
 from __future__ import annotations
@@ -31,8 +36,6 @@ from typing import Any, Dict, List, Sequence, Tuple
 from ran_keras import ir
 from ran_keras.spec import NetworkSpec
 
-_LAYERS = (ir.Conv, ir.DepthwiseConv)
-_ACTIVATIONS = (ir.Act, ir.SharedPReLU)
 
 
 # --- formulas (scalars or numpy arrays) --------------------------------------------------------
@@ -129,27 +132,38 @@ class NNMass:
         return out
 
 
-def block_chain(graph: ir.BlockGraph, cin: int) -> Tuple[Tuple[int, ...], int]:
-    """(chain of layer widths, activation channels) of a block's residual branch (``graph.main``)."""
+def block_chain(graph: ir.BlockGraph, cin: int) -> Tuple[Tuple[int, ...], int, int]:
+    """(chain of layer widths, activation channels, side inputs) of a block's residual branch.
+
+    The chain runs through the first branch of every ``Parallel``; weight layers on the other
+    branches add their input channels to ``i_b`` (``side inputs``) but are not links of the chain.
+    Activation channels are counted on every branch.
+    """
     widths: List[int] = [cin]
-    units, c = 0, cin
-    for op in graph.main:
-        if isinstance(op, ir.Conv):
-            c = op.filters
-        if isinstance(op, _LAYERS):
-            widths.append(c)
-        elif isinstance(op, _ACTIVATIONS):
-            units += c
-    return tuple(widths), units
+    units = side = 0
+    leaves, _ = ir.trace(graph.main, (None, None, cin))
+    for leaf in leaves:
+        on_chain = not any(leaf.path)
+        if leaf.op.role == "layer":
+            if on_chain:
+                widths.append(leaf.out_shape[2])
+            else:
+                side += leaf.in_shape[2]
+        elif leaf.op.role == "activation":
+            units += leaf.op.cost(leaf.in_shape, leaf.out_shape).nonlinear_units
+    return tuple(widths), units, side
+
+
+def block_mass(spec: NetworkSpec, site) -> BlockMass:
+    """NN-Mass terms and non-linear units of the block at ``site`` of ``spec``."""
+    graph = site.graph(spec)
+    widths, units, side = block_chain(graph, site.in_channels)
+    inputs, possible, actual, density = chain_terms(widths, graph.residual)
+    inputs += side
+    return BlockMass(site.path, site.prefix, site.block.kind, widths, graph.residual, inputs, possible, actual,
+                     inputs * density, units)
 
 
 def nn_mass(spec: NetworkSpec) -> NNMass:
     """NN-Mass and non-linear units of every block of ``spec`` (no TensorFlow)."""
-    rows = []
-    for site in spec.sites:
-        graph = site.graph(spec)
-        widths, units = block_chain(graph, site.in_channels)
-        inputs, possible, actual, _ = chain_terms(widths, graph.residual)
-        rows.append(BlockMass(site.path, site.prefix, site.block.kind, widths, graph.residual, inputs, possible,
-                              actual, chain_mass(widths, graph.residual), units))
-    return NNMass(spec.name, tuple(rows))
+    return NNMass(spec.name, tuple(block_mass(spec, site) for site in spec.sites))

@@ -1,6 +1,6 @@
 """ConvNeXt block kinds (Liu et al. 2022): the residual block and the downsampling layer.
 
-Registered here and imported by ``ran_keras.blocks``, so specs, the profiler and the builder
+Imported by ``ran_keras.blocks``, so specs, the profiler and the builder
 know them like any other kind. The stem (4x4 stride-4 conv with bias, then LayerNorm) is a plain
 ``conv`` block with ``norm: 'ln'``, and the head's LayerNorm is the network's
 ``classifier_norm: 'ln'``.
@@ -9,8 +9,8 @@ know them like any other kind. The stem (4x4 stride-4 conv with bias, then Layer
 from __future__ import annotations
 
 from ran_keras import ir
-from ran_keras.blocks import (ACTIVATION, CHANNELS, EXPANSION, BlockKind, Field, _act, hidden_channels, positive,
-                              register_kind, stride_check)
+from ran_keras.blocks.base import (ACTIVATION, CHANNELS, EXPANSION, BlockKind, Field, block_activation, hidden_channels,
+                                   positive, register_kind, stride_check)
 from ran_keras.errors import SpecError
 
 
@@ -48,7 +48,7 @@ class ConvNeXtBlock(BlockKind):
     def expand(self, b, cin, net):
         hidden = hidden_channels(b.expansion, cin, b.channels, pair=False)
         ops = [ir.DepthwiseConv("dw", b.kernel, 1, bias=True), ir.LayerNorm("ln"),
-               ir.Conv("expand", hidden, 1, bias=True), *ir.act_ops("act", _act(b, net)),
+               ir.Conv("expand", hidden, 1, bias=True), *ir.act_ops("act", block_activation(b, net)),
                ir.Conv("project", b.channels, 1, bias=True)]
         if b.layer_scale is not None:
             ops.append(ir.LayerScale("layer_scale", b.layer_scale))

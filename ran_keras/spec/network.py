@@ -1,4 +1,4 @@
-"""Network specs: architectures as validated, JSON round-trippable data.
+"""``NetworkSpec`` and ``BlockSpec``: architectures as validated, JSON round-trippable data.
 
 A ``NetworkSpec`` is a stem, a list of stages (each a list of ``BlockSpec``), a head and a
 classifier, plus network-wide settings (default activation, BN constants, input normalisation).
@@ -16,12 +16,16 @@ import functools
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ran_keras import activations, blocks, io
+from ran_keras import activations, blocks, fileio
 from ran_keras.errors import InputShapeError, SpecError, close_matches
+
+#: ImageNet's per-channel pixel mean and std on 0-255 pixels (torchvision's, times 255)
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
 
 SPEC_FORMAT = "ran-keras-spec"
 SPEC_VERSION = 1
@@ -119,6 +123,24 @@ class Site:
         """The block's op graph (``ran_keras.ir.BlockGraph``) at this site of ``spec``: what the
         profiler, NN-Mass and the Keras builder all read."""
         return blocks.get_kind(self.block.kind).expand(self.block, self.in_channels, spec)
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature map a backbone can output (timm's ``feature_info``): a stage's output.
+
+    ``index`` is what ``out_indices`` refers to (0-based stage number), ``name`` the output's name
+    (``stage3``; the model's output layer is ``{model}_{name}``), ``reduction`` the total stride
+    at that point, ``block`` the layer-name prefix of the stage's last block.
+    """
+    index: int
+    name: str
+    channels: int
+    reduction: int
+    block: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def _tuple_of_floats(value, path: str, length: Optional[int] = None) -> Tuple[float, ...]:
@@ -240,6 +262,44 @@ class NetworkSpec:
             stride *= site.block.get("stride", 1) or 1
         return stride
 
+    @functools.cached_property
+    def feature_info(self) -> Tuple[FeatureInfo, ...]:
+        """The output of every stage: channels and total stride (a block's ``stride`` field is its
+        spatial stride). Head blocks are not features."""
+        out, stride = [], 1
+        for site in self.sites:
+            stride *= site.block.get("stride", 1) or 1
+            if site.section == "stage" and site.index == len(self.stages[site.stage - 1]):
+                out.append(FeatureInfo(site.stage - 1, f"stage{site.stage}", site.out_channels, stride, site.prefix))
+        return tuple(out)
+
+    @property
+    def default_out_indices(self) -> Tuple[int, ...]:
+        """The last stage at each total stride (what a detector or segmenter usually takes)."""
+        info = self.feature_info
+        return tuple(f.index for i, f in enumerate(info) if i + 1 == len(info) or info[i + 1].reduction != f.reduction)
+
+    def check_out_indices(self, out_indices: Optional[Sequence[int]]) -> Tuple[int, ...]:
+        """``out_indices`` as a tuple of stage indices (None: ``default_out_indices``); negative
+        indices count from the end, as in timm. SpecError names the accepted range."""
+        if out_indices is None:
+            return self.default_out_indices
+        n = len(self.stages)
+        if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+            out_indices = (out_indices,)
+        try:
+            picked = [int(i) for i in out_indices]
+        except (TypeError, ValueError):
+            raise SpecError("out_indices", f"must be stage indices (0..{n - 1}), got {out_indices!r}") from None
+        bad = [i for i in picked if not -n <= i < n]
+        if not picked or bad:
+            raise SpecError("out_indices", f"{self.name} has {n} stages, so indices must be in {-n}..{n - 1}, "
+                                           f"got {list(out_indices)!r}")
+        resolved = tuple(i % n for i in picked)
+        if len(set(resolved)) != len(resolved):
+            raise SpecError("out_indices", f"each stage at most once, got {list(out_indices)!r}")
+        return resolved
+
     def blocks(self) -> Iterable[BlockSpec]:
         return (site.block for site in self.sites)
 
@@ -317,7 +377,7 @@ class NetworkSpec:
         return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
 
     def save(self, path: Union[str, Path]) -> Path:
-        return io.write_text(path, self.to_json())
+        return fileio.write_text(path, self.to_json())
 
     def replace(self, **changes: Any) -> "NetworkSpec":
         return dataclasses.replace(self, **changes)
@@ -326,158 +386,3 @@ class NetworkSpec:
 def _check_number(key: str, value: Any, ok: Callable[[float], bool], what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
         raise SpecError(key, f"must be a number {what}, got {value!r}")
-
-
-# --- transforms (spec -> spec) -----------------------------------------------------------------
-
-def map_blocks(spec: NetworkSpec, fn: Callable[[Site], BlockSpec], **changes: Any) -> NetworkSpec:
-    """A new spec with every block replaced by ``fn(site)``; other fields from ``changes``."""
-    new = {"stem": [], "head": [], "stages": [[] for _ in spec.stages]}
-    for site in spec.sites:
-        block = fn(site)
-        if site.section == "stage":
-            new["stages"][site.stage - 1].append(block)
-        else:
-            new[site.section].append(block)
-    return spec.replace(stem=tuple(new["stem"]), head=tuple(new["head"]),
-                        stages=tuple(tuple(s) for s in new["stages"]), **changes)
-
-
-def with_activation(spec: NetworkSpec, activation: str) -> NetworkSpec:
-    """Use ``activation`` everywhere the network has a non-linearity (except AFRB PReLUs).
-
-    Blocks that inherit the network activation follow it; blocks with an explicit non-linear
-    activation are switched too; explicit 'linear' (no activation) stays linear.
-    """
-    act = activations.canonical(activation)
-
-    def swap(site: Site) -> BlockSpec:
-        b = site.block
-        if b.has("activation") and b.activation not in (None, "linear"):
-            return b.replace(activation=act)
-        return b
-
-    return map_blocks(spec, swap, activation=act)
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """MobileNet's rounding: nearest multiple of ``divisor``, never more than 10% below ``value``."""
-    out = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return out + divisor if out < 0.9 * value else out
-
-
-ROUNDINGS: Dict[str, Callable[[float], int]] = {
-    "floor": lambda x: int(math.floor(x + 1e-9)),
-    "round": lambda x: int(math.floor(x + 0.5)),
-    "divisible8": make_divisible,
-}
-
-
-def _rounding(multiplier: float, rounding: str) -> Callable[[float], int]:
-    """Check a width/depth multiplier and a rounding name; returns the rounding function."""
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier <= 0:
-        raise SpecError("multiplier", f"must be a positive number, got {multiplier!r}")
-    if rounding not in ROUNDINGS:
-        raise SpecError("rounding", f"unknown rounding {rounding!r}; accepted: {', '.join(ROUNDINGS)}")
-    return ROUNDINGS[rounding]
-
-
-def scale_width(spec: NetworkSpec, multiplier: float, *, rounding: str = "round", stem: bool = True,
-                head: bool = False, name: Optional[str] = None) -> NetworkSpec:
-    """Multiply block widths (``channels`` and ``mid_channels``) by ``multiplier``.
-
-    ``rounding``: 'floor' (truncate), 'round' (half up) or 'divisible8' (MobileNet's
-    make_divisible). The stem is scaled unless ``stem=False``; the head is kept unless ``head=True``.
-    """
-    rnd = _rounding(multiplier, rounding)
-
-    def scale(site: Site) -> BlockSpec:
-        b = site.block
-        if (site.section == "stem" and not stem) or (site.section == "head" and not head):
-            return b
-        changes = {k: max(1, rnd(b.get(k) * multiplier)) for k in ("channels", "mid_channels")
-                   if b.get(k) is not None}
-        return b.replace(**changes) if changes else b
-
-    return map_blocks(spec, scale, name=name or spec.name)
-
-
-def _depth_key(block: BlockSpec) -> BlockSpec:
-    return block.replace(drop_path=0.0) if block.has("drop_path") else block
-
-
-def stage_depths(spec: NetworkSpec) -> Tuple[int, ...]:
-    """Per stage, the length of the trailing run of identical blocks (drop_path aside): its depth."""
-    out = []
-    for stage in spec.stages:
-        last, n = _depth_key(stage[-1]), 0
-        while n < len(stage) and _depth_key(stage[-1 - n]) == last:
-            n += 1
-        out.append(n)
-    return tuple(out)
-
-
-def scale_depth(spec: NetworkSpec, multiplier: float, *, rounding: str = "round",
-                name: Optional[str] = None) -> NetworkSpec:
-    """Multiply every stage's depth by ``multiplier`` (at least one block per stage).
-
-    A stage's depth is its trailing run of identical blocks (``stage_depths``); the blocks before
-    the run (a downsampling layer, a first block that changes stride or width) are kept once, and
-    the run becomes ``max(1, rounding(n * multiplier))`` copies of its last block (including its
-    ``drop_path``: re-apply a per-block rule afterwards). ``rounding`` as in ``scale_width``.
-    """
-    rnd = _rounding(multiplier, rounding)
-    stages = []
-    for stage, n in zip(spec.stages, stage_depths(spec)):
-        stages.append(tuple(stage[:len(stage) - n]) + (stage[-1],) * max(1, rnd(n * multiplier)))
-    return spec.replace(stages=tuple(stages), name=name or spec.name)
-
-
-def afrb_sites(spec: NetworkSpec) -> Tuple[Site, ...]:
-    """The AFRB blocks of a spec, in network order (the order of their alphas)."""
-    return tuple(s for s in spec.sites if s.block.kind in blocks.AFRB_KINDS)
-
-
-def realize_afrbs(spec: NetworkSpec, collapse: Union[Sequence[bool], Mapping[str, bool], Callable[[Site], bool]],
-                  *, name: Optional[str] = None, activation: Optional[str] = None,
-                  description: Optional[str] = None) -> NetworkSpec:
-    """Turn every AFRB into a deployable block: 'collapsed' where ``collapse`` says so, else 'ibn'.
-
-    This is the paper's step from a searched PReLU SuperNet to a SubNetwork: an AFRB whose alpha
-    reached ~1 becomes the collapsed BN -> act -> k x k conv block (AFRB-3: the residual conv
-    pair), every other AFRB becomes an IBN with the activation after the expansion restored.
-    ``collapse`` is one bool per AFRB (network order), a {site path: bool} mapping, or a
-    function of the ``Site``. ``activation`` sets the network activation (default: unchanged).
-    """
-    sites = afrb_sites(spec)
-    if callable(collapse):
-        decide = collapse
-    elif isinstance(collapse, Mapping):
-        unknown = [k for k in collapse if k not in {s.path for s in sites}]
-        if unknown:
-            raise SpecError("collapse", f"{unknown[0]!r} is not an AFRB of {spec.name}; AFRBs are at "
-                                        f"{', '.join(s.path for s in sites)}")
-        decide = lambda site: bool(collapse.get(site.path, False))  # noqa: E731
-    else:
-        flags = list(collapse)
-        if len(flags) != len(sites):
-            raise SpecError("collapse", f"{spec.name} has {len(sites)} AFRBs, got {len(flags)} decisions")
-        by_path = {s.path: bool(f) for s, f in zip(sites, flags)}
-        decide = lambda site: by_path[site.path]  # noqa: E731
-
-    def convert(site: Site) -> BlockSpec:
-        b = site.block
-        if b.kind not in blocks.AFRB_KINDS:
-            return b
-        kind = "collapsed" if decide(site) else "ibn"
-        fields = dict(channels=b.channels, kernel=b.kernel, stride=b.stride, expansion=b.expansion)
-        if b.kind == "afrb3":
-            fields["mid_channels"] = b.mid_channels
-        return BlockSpec(kind, **fields)
-
-    changes: Dict[str, Any] = {"name": name or spec.name}
-    if activation is not None:
-        changes["activation"] = activations.canonical(activation)
-    if description is not None:
-        changes["description"] = description
-    return map_blocks(spec, convert, **changes)

@@ -22,14 +22,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ran_keras import io
-from ran_keras.errors import RanError
-from ran_keras.profile import profile_spec
-from ran_keras.recipes import TrainConfig
+from ran_keras import fileio
+from ran_keras.blocks import AFRB_BAND, check_afrb_band
+from ran_keras.errors import RanError, SpecError
+from ran_keras.analysis.profile import profile_spec
+from ran_keras.train.config import TrainConfig
 from ran_keras.report import fmt_count, table
 from ran_keras.spec import NetworkSpec, afrb_sites, realize_afrbs, scale_width, with_activation
 
-DEFAULT_BAND: Tuple[float, float] = (0.8, 1.3)
 DEMO_SUPERNET = "ran_e_supernet_digits"
 
 
@@ -47,16 +47,14 @@ def check_lambda(lam: Any, flag: str = "--lambda") -> float:
 
 
 def check_band(band: Sequence[float]) -> Tuple[float, float]:
+    """The collapse band by the rule the rewriter uses too (``blocks.check_afrb_band``)."""
     try:
-        low, high = (float(v) for v in band)
-    except (TypeError, ValueError):
-        raise SearchError(f"--band must be two numbers 'low,high', got {band!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise SearchError(f"--band must be 'low,high' with low < high, got {list(band)}")
-    return low, high
+        return check_afrb_band(band, "--band")
+    except SpecError as err:
+        raise SearchError(str(err)) from None
 
 
-def decide(alphas: Sequence[float], band: Sequence[float] = DEFAULT_BAND) -> List[bool]:
+def decide(alphas: Sequence[float], band: Sequence[float] = AFRB_BAND) -> List[bool]:
     """Collapse (True) where low <= alpha <= high; keep as IBN (False) elsewhere."""
     low, high = check_band(band)
     return [bool(low <= float(a) <= high) for a in alphas]
@@ -68,7 +66,7 @@ def require_afrbs(spec: NetworkSpec) -> None:
                           f"give a PReLU SuperNet such as ran_e_supernet (or --demo for the digits SuperNet)")
 
 
-def derive_spec(spec: NetworkSpec, alphas: Sequence[float], band: Sequence[float] = DEFAULT_BAND, *,
+def derive_spec(spec: NetworkSpec, alphas: Sequence[float], band: Sequence[float] = AFRB_BAND, *,
                 name: Optional[str] = None, activation: str = "hard_swish", input_size: Optional[int] = None,
                 note: str = "") -> NetworkSpec:
     """The subnetwork the decision rule gives for these alphas (network order, one per AFRB)."""
@@ -88,12 +86,11 @@ def derive_spec(spec: NetworkSpec, alphas: Sequence[float], band: Sequence[float
     return derived.replace(**changes)
 
 
-def check_derived(spec: NetworkSpec, band: Sequence[float] = DEFAULT_BAND, *, name: Optional[str] = None,
+def check_derived(spec: NetworkSpec, band: Sequence[float] = AFRB_BAND, *, name: Optional[str] = None,
                   activation: str = "hard_swish") -> None:
     """Fail now, before any training, on what ``derive_spec`` would refuse at the end: a spec without
     AFRBs, a bad band, --derived_activation or --derived_name (a dry run with every alpha at 1)."""
     from ran_keras.activations import canonical
-    from ran_keras.errors import SpecError
     require_afrbs(spec)
     check_band(band)
     try:
@@ -135,8 +132,8 @@ def demo_supernet_spec() -> NetworkSpec:
     """The narrow SuperNet of the digits demo: RAN-e's Table 5 layout (16 AFRBs of the same kinds in
     the same order) at width 0.25, head included, stem stride 1, for 32x32 inputs (total stride 16).
     BN momentum 0.9 (not 0.99): a few hundred steps are too few for slower moving statistics."""
-    from ran_keras.models.ran_e import supernet_spec
-    spec = scale_width(supernet_spec(), 0.25, rounding="round", head=True, name=DEMO_SUPERNET)
+    from ran_keras.registry import get_spec
+    spec = scale_width(get_spec("ran_e_supernet"), 0.25, rounding="round", head=True, name=DEMO_SUPERNET)
     return spec.replace(stem=(spec.stem[0].replace(stride=1),), input_size=32, bn_momentum=0.9,
                         description="RAN-e SuperNet layout at width 0.25 for 32x32 digits (demo)")
 
@@ -144,8 +141,8 @@ def demo_supernet_spec() -> NetworkSpec:
 # --- alpha logging -------------------------------------------------------------------------------
 
 def _training():
-    from ran_keras import training
-    return training
+    from ran_keras.train import trainer
+    return trainer
 
 
 class AlphaLogger:
@@ -167,7 +164,7 @@ class AlphaLogger:
         self.rows = [r for r in read_alpha_csv(self.path, len(self.labels)) if r[0] <= trainer.step]
         header = ["step", "epoch"] + self.labels
         text = ",".join(header) + "\n" + "".join(_csv_line(r) for r in self.rows)
-        io.write_text(self.path, text)   # truncated to the restored step on resume
+        fileio.write_text(self.path, text)   # truncated to the restored step on resume
         self._fh = open(self.path, "a", encoding="utf-8")
         if not self.rows:
             self._append(trainer, 0)
@@ -254,7 +251,7 @@ def plot_alphas(rows: np.ndarray, labels: Sequence[str], band: Sequence[float], 
     if own:
         ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.tight_layout()
-        with io.atomic_path(path, suffix=".png") as tmp:
+        with fileio.atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png")
         plt.close(fig)
     return Path(path)
@@ -309,7 +306,7 @@ def lambda_tag(lam: float) -> str:
     return f"lambda_{lam:g}"
 
 
-def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: float, band=DEFAULT_BAND,
+def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: float, band=AFRB_BAND,
                derived_name: Optional[str] = None, derived_activation: str = "hard_swish",
                alpha_log_every: int = 1, retrain_epochs: int = 0, fold: bool = False, log=print) -> SearchResult:
     """Search once at ``lam`` in ``cfg.model_dir``; writes derived_spec.json and search.json there.
@@ -365,7 +362,7 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         retrained = training.train(retrain_cfg, derived, log=log)
         res.retrain_accuracy = retrained.final.get("eval_accuracy")
         res.retrain_dir = retrain_cfg.model_dir
-    io.write_text(out_dir / "search.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    fileio.write_text(out_dir / "search.json", json.dumps(res.to_dict(), indent=1) + "\n")
     log(format_result(res))
     return res
 
@@ -373,7 +370,7 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
 def _fold_supernet(res: SearchResult, trainer, band, log) -> None:
     """The trained SuperNet with its in-band AFRBs folded (exact folds, alphas moved to 1), evaluated."""
     from ran_keras.builder import load_model
-    from ran_keras.rewrite import FoldError, fold
+    from ran_keras.rewrite.fold import FoldError, fold
     out = Path(res.model_dir) / "folded.keras"
     try:
         folded, report = fold(load_model(Path(res.model_dir) / "model.keras"), band, on_unsupported="skip",
@@ -386,7 +383,7 @@ def _fold_supernet(res: SearchResult, trainer, band, log) -> None:
         probs = folded(images, training=False).numpy()
         correct += int(np.sum(np.argmax(probs, -1) == np.argmax(labels.numpy(), -1)))
         total += len(probs)
-    with io.atomic_path(out, suffix=".keras") as tmp:
+    with fileio.atomic_path(out, suffix=".keras") as tmp:
         folded.save(tmp)
     res.folded_accuracy, res.folded_macs, res.folded_path = correct / max(total, 1), report.after.get("macs"), str(out)
     folded_afrbs = sum(1 for a in report.alphas if a["collapsed"])
@@ -410,15 +407,15 @@ def run_sweep(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lambdas: 
     if not cfg.model_dir:
         raise SearchError("--model_dir is required (each lambda runs in --model_dir/lambda_<value>)")
     supernet = _training().prepare_spec(cfg, spec)
-    check_derived(supernet, kwargs.get("band", DEFAULT_BAND), activation=kwargs.get("derived_activation", "hard_swish"))
+    check_derived(supernet, kwargs.get("band", AFRB_BAND), activation=kwargs.get("derived_activation", "hard_swish"))
     root = Path(cfg.model_dir)
     results = []
     for lam in lambdas:
         log(f"=== lambda {lam:g} ===")
         sub = cfg.replace(model_dir=str(root / lambda_tag(lam)))
         results.append(run_search(sub, spec, lam=lam, log=log, **kwargs))
-    io.write_text(root / "sweep.json", json.dumps([r.to_dict() for r in results], indent=1) + "\n")
-    io.write_text(root / "sweep.md", format_sweep(results, markdown=True) + "\n")
+    fileio.write_text(root / "sweep.json", json.dumps([r.to_dict() for r in results], indent=1) + "\n")
+    fileio.write_text(root / "sweep.md", format_sweep(results, markdown=True) + "\n")
     plot_sweep(results, root / "alphas_sweep.png")
     log(format_sweep(results))
     return results
@@ -443,7 +440,7 @@ def plot_sweep(results: Sequence[SearchResult], path: Path) -> Path:
     handles, names = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=6, ncol=1, loc="center right")
     fig.tight_layout(rect=(0, 0, 0.86, 1))
-    with io.atomic_path(path, suffix=".png") as tmp:
+    with fileio.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(path)

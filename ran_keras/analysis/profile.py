@@ -25,32 +25,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ran_keras import ir
-from ran_keras.ir import same_size
+from ran_keras.ir.costs import dense_params
 from ran_keras.spec import NetworkSpec
 
 MAC_KINDS = ("conv", "depthwise", "dense")
-
-
-# --- pure cost functions -----------------------------------------------------------------------
-
-def conv_params(kernel: int, cin: int, cout: int, bias: bool, groups: int = 1) -> int:
-    return kernel * kernel * (cin // groups) * cout + (cout if bias else 0)
-
-
-def conv_macs(out_h: int, out_w: int, kernel: int, cin: int, cout: int, groups: int = 1) -> int:
-    return out_h * out_w * kernel * kernel * (cin // groups) * cout
-
-
-def depthwise_params(kernel: int, channels: int, bias: bool) -> int:
-    return kernel * kernel * channels + (channels if bias else 0)
-
-
-def depthwise_macs(out_h: int, out_w: int, kernel: int, channels: int) -> int:
-    return out_h * out_w * kernel * kernel * channels
-
-
-def dense_params(fin: int, fout: int, bias: bool = True) -> int:
-    return fin * fout + (fout if bias else 0)
 
 
 # --- result types ------------------------------------------------------------------------------
@@ -129,82 +107,57 @@ class Profile:
 
 # --- from a spec -------------------------------------------------------------------------------
 
-def _op_row(op: ir.Op, name: str, h: int, w: int, c: int, seen: set) -> Tuple[LayerRow, int, int, int]:
-    """Cost of one IR op on an (h, w, c) input; returns the row and the output (h, w, c)."""
-    if isinstance(op, ir.Conv):
-        ho, wo = same_size(h, op.stride), same_size(w, op.stride)
-        p = conv_params(op.kernel, c, op.filters, op.bias)
-        return (LayerRow(name, "Conv2D", (ho, wo, op.filters), p, p,
-                         conv_macs(ho, wo, op.kernel, c, op.filters), "conv"), ho, wo, op.filters)
-    if isinstance(op, ir.DepthwiseConv):
-        if op.padding == "valid":
-            ho, wo = (h - op.kernel) // op.stride + 1, (w - op.kernel) // op.stride + 1
-        else:
-            ho, wo = same_size(h, op.stride), same_size(w, op.stride)
-        p = depthwise_params(op.kernel, c, op.bias)
-        return (LayerRow(name, "DepthwiseConv2D", (ho, wo, c), p, p,
-                         depthwise_macs(ho, wo, op.kernel, c), "depthwise"), ho, wo, c)
-    if isinstance(op, ir.BatchNorm):
-        return LayerRow(name, "BatchNormalization", (h, w, c), 4 * c, 2 * c), h, w, c
-    if isinstance(op, ir.LayerNorm):
-        return LayerRow(name, "LayerNormalization", (h, w, c), 2 * c, 2 * c), h, w, c
-    if isinstance(op, ir.Act):
-        p = c if op.fn == "prelu" else 0
-        return LayerRow(name, f"Activation({op.fn})", (h, w, c), p, p, nonlinear_units=c), h, w, c
-    if isinstance(op, ir.SharedPReLU):
-        p = 0 if name in seen else 1
-        seen.add(name)
-        label = "SharedAlphaPReLU(1-a)" if op.complement else "SharedAlphaPReLU(a)"
-        return LayerRow(name, label, (h, w, c), p, p, nonlinear_units=c), h, w, c
-    if isinstance(op, ir.MaxPool):
-        ho, wo = same_size(h, op.stride), same_size(w, op.stride)
-        return LayerRow(name, "MaxPooling2D", (ho, wo, c)), ho, wo, c
-    if isinstance(op, ir.LayerScale):
-        return LayerRow(name, "LayerScale", (h, w, c), c, c), h, w, c
-    if isinstance(op, ir.DropPath):
-        return LayerRow(name, "Dropout", (h, w, c)), h, w, c
-    if isinstance(op, ir.ZeroPad):
-        ho, wo = h + sum(ir.same_padding(h, op.kernel, op.stride)), w + sum(ir.same_padding(w, op.kernel, op.stride))
-        return LayerRow(name, "ZeroPadding2D", (ho, wo, c)), ho, wo, c
-    raise TypeError(f"no cost rule for IR op {op!r}")
-
-
-def _run_ops(ops, prefix: str, h: int, w: int, c: int, rows: List[LayerRow], seen: set):
-    for op in ops:
-        row, h, w, c = _op_row(op, ir.layer_name(prefix, op.name), h, w, c, seen)
-        rows.append(row)
-    return h, w, c
-
-
-def profile_spec(spec: NetworkSpec, input_shape: Optional[Sequence[int]] = None, *,
+def profile_spec(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]] = None, *,
                  input_size: Optional[int] = None, classes: int = 1000,
                  include_top: bool = True, name: Optional[str] = None) -> Profile:
-    """Analytic profile of ``spec`` (no TensorFlow). Default input: spec.input_size square."""
+    """Analytic profile of ``spec`` (no TensorFlow): one row per layer the builder makes, each from
+    its IR op's cost rule. Default input: spec.input_size square; None sizes give None MACs."""
     if input_shape is None:
         size = input_size or spec.input_size
         input_shape = (size, size, spec.input_channels)
-    h, w, c = spec.check_input_shape(input_shape)
+    shape = spec.check_input_shape(input_shape)
     name = name or spec.name
-    prof = Profile(name, (h, w, c), classes if include_top else None, "spec")
-    rows = prof.layers
+    prof = Profile(name, shape, classes if include_top else None, "spec")
     for site in spec.sites:
-        graph = site.graph(spec)
-        prefix = f"{name}_{site.prefix}"
-        seen: set = set()
-        h1, w1, c1 = _run_ops(graph.main, prefix, h, w, c, rows, seen)
-        if graph.shortcut is not None:
-            _run_ops(graph.shortcut, prefix, h, w, c, rows, seen)
-            rows.append(LayerRow(ir.layer_name(prefix, "add"), "Add", (h1, w1, c1)))
-        h, w, c = _run_ops(graph.post, prefix, h1, w1, c1, rows, seen)
+        shape = _add_rows(prof.layers, site.graph(spec).ops, shape, f"{name}_{site.prefix}")
     if include_top:
-        rows.append(LayerRow(f"{name}_avg_pool", "GlobalAveragePooling2D", (c,)))
-        if spec.classifier_norm == "ln":
-            rows.append(LayerRow(f"{name}_classifier_ln", "LayerNormalization", (c,), 2 * c, 2 * c))
-        if spec.classifier_dropout > 0:
-            rows.append(LayerRow(f"{name}_dropout", "Dropout", (c,)))
-        rows.append(LayerRow(f"{name}_predictions", "Dense", (classes,), dense_params(c, classes),
-                             dense_params(c, classes), c * classes, "dense"))
+        prof.layers.extend(top_rows(spec, shape[2], classes, name))
     return prof
+
+
+def _add_rows(rows: List[LayerRow], ops, shape, prefix: str):
+    """Append one row per leaf op of ``ops``; returns the output shape. A layer called twice (the
+    AFRB's shared PReLU) holds its weights once, as in Keras."""
+    leaves, out = ir.trace(ops, shape)
+    seen = set()
+    for leaf in leaves:
+        name = ir.layer_name(prefix, leaf.op.name)
+        c = leaf.op.cost(leaf.in_shape, leaf.out_shape)
+        first = name not in seen
+        seen.add(name)
+        rows.append(LayerRow(name, leaf.op.row_label(), tuple(leaf.out_shape), c.params if first else 0,
+                             c.trainable if first else 0, c.macs, c.mac_kind, c.nonlinear_units))
+    return out
+
+
+def block_rows(spec: NetworkSpec, site, shape, name: Optional[str] = None) -> Tuple[List[LayerRow], tuple]:
+    """The rows of one block of ``spec`` at ``site`` on an input of ``shape``, and its output shape."""
+    rows: List[LayerRow] = []
+    out = _add_rows(rows, site.graph(spec).ops, shape, f"{name or spec.name}_{site.prefix}")
+    return rows, out
+
+
+def top_rows(spec: NetworkSpec, channels: int, classes: int, name: str) -> List[LayerRow]:
+    """The classifier's rows: pool, optional LayerNorm and dropout, dense."""
+    c = channels
+    rows = [LayerRow(f"{name}_avg_pool", "GlobalAveragePooling2D", (c,))]
+    if spec.classifier_norm == "ln":
+        rows.append(LayerRow(f"{name}_classifier_ln", "LayerNormalization", (c,), 2 * c, 2 * c))
+    if spec.classifier_dropout > 0:
+        rows.append(LayerRow(f"{name}_dropout", "Dropout", (c,)))
+    rows.append(LayerRow(f"{name}_predictions", "Dense", (classes,), dense_params(c, classes),
+                         dense_params(c, classes), c * classes, "dense"))
+    return rows
 
 
 # --- from a Keras model ------------------------------------------------------------------------
