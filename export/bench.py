@@ -75,17 +75,14 @@ class _Runner:
     """One interpreter with a fixed, seeded input."""
 
     def __init__(self, model: PathOrBytes, threads: int, seed: int):
-        from ran_keras.backend import tf
         from ran_keras.export.flatbuffer import inspect_tflite, read_bytes
-        from ran_keras.export.tflite import _quiet
+        from ran_keras.export.litert import interpreter
         data = read_bytes(model)
         info = inspect_tflite(data)
         self.name = (os.path.basename(os.fspath(model)) if not isinstance(model, (bytes, bytearray))
                      else f"<{info.size_bytes} bytes>")
         self.sha256 = info.sha256
-        with _quiet():
-            self.interp = tf.lite.Interpreter(model_content=data, num_threads=threads)
-            self.interp.allocate_tensors()
+        self.interp = interpreter(data, threads=threads)
         rng = np.random.default_rng(seed)
         for detail in self.interp.get_input_details():
             dtype = np.dtype(detail["dtype"])

@@ -29,7 +29,7 @@ _CPP_NOISE = (
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence the converter's and interpreter's routine chatter (Python warnings, absl
     deprecation notes, fixed C++ info lines) while they run; real errors still reach stderr."""
     from ran_keras.backend import filtered_stderr
@@ -93,7 +93,7 @@ def to_tflite(model, calibration=None, *, int8: bool = True, per_channel: bool =
     shape = input_shape_of(model)
     fn = tf.function(lambda x: model(x, training=False))
     concrete = fn.get_concrete_function(tf.TensorSpec((1,) + shape, tf.float32, name="input"))
-    with _quiet():  # no trackable_obj: the direct (frozen-graph) path, see the module docstring
+    with quiet():  # no trackable_obj: the direct (frozen-graph) path, see the module docstring
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     if int8:
         samples = _samples(calibration, shape)
@@ -104,7 +104,7 @@ def to_tflite(model, calibration=None, *, int8: bool = True, per_channel: bool =
         converter.inference_output_type = tf.int8
         converter._experimental_disable_per_channel = not per_channel
     try:
-        with _quiet():
+        with quiet():
             return bytes(converter.convert())
     except Exception as err:  # ConverterError and friends: the converter's message is the useful part
         raise ExportError(f"TFLite conversion of {model.name} failed: {str(err).strip()[:2000]}") from err
@@ -136,18 +136,15 @@ def run_tflite(tflite: bytes, images: np.ndarray, *, want_logits: bool = True) -
 
     With ``want_logits`` and a final SOFTMAX op, returns the softmax's input (the logits).
     """
-    from ran_keras.backend import tf
     from ran_keras.export.flatbuffer import inspect_tflite
+    from ran_keras.export.litert import interpreter
     info = inspect_tflite(tflite)
     out_index = info.outputs[0].index
     kind = "outputs"
     producer = info.producer(out_index)
     if want_logits and producer is not None and producer.op == "SOFTMAX":
         out_index, kind = producer.inputs[0], "logits"
-    with _quiet():
-        interp = tf.lite.Interpreter(model_content=tflite, num_threads=1,
-                                     experimental_preserve_all_tensors=kind == "logits")
-        interp.allocate_tensors()
+    interp = interpreter(tflite, preserve_all_tensors=kind == "logits")
     inp = interp.get_input_details()[0]
     detail = next(d for d in interp.get_tensor_details() if d["index"] == out_index)
     results = []
