@@ -1,4 +1,10 @@
-"""Anchors: torchvision AnchorGenerator semantics on one feature map (hand-computed values)."""
+"""Anchors: torchvision AnchorGenerator semantics on one feature map (hand-computed values).
+
+Checked once against real torchvision 0.29.1 (torch 2.14.1, CPU) in a throw-away venv outside the
+repository, on random inputs saved to .npz and compared here (torch is not a dependency):
+``AnchorGenerator(((32, 64, 128, 256, 512),), ((0.5, 1.0, 2.0),))`` on a 25 x 38 map of an
+800 x 1216 batch gives exactly ``grid_anchors((800, 1216), (25, 38))`` (all 14250 anchors equal).
+"""
 
 import numpy as np
 import pytest

@@ -1,4 +1,11 @@
-"""Matcher, balanced sampler and the two stages' training targets, on hand-made cases."""
+"""Matcher, balanced sampler and the two stages' training targets, on hand-made cases.
+
+Checked once against real torchvision 0.29.1 (torch 2.14.1, CPU) in a throw-away venv outside the
+repository, on random inputs saved to .npz and compared here (torch is not a dependency):
+``Matcher`` (0.7/0.3 and 0.5/0.5, with and without low-quality matches) on the IoU of 6 random
+boxes against 300 (10 duplicated, so ties occur) gives exactly ``match``'s indices. The sampler
+draws differently from torch's RNG by design (seeded stateless ops); its counts are tested here.
+"""
 
 import math
 
