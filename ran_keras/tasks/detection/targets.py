@@ -24,7 +24,7 @@ def rpn_targets(anchors, gt_boxes, gt_valid, fg_iou_threshold: float = 0.7, bg_i
     Matching allows low-quality matches (each ground truth gets its best anchors). Targets are 0
     where the label is not 1; an image without ground truth is all background.
     """
-    gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
+    gt_boxes, gt_valid = _at_least_one_row(gt_boxes, gt_valid)
     iou = box_ops.box_iou(gt_boxes, anchors[None])
     matched = match(iou, gt_valid, fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=True)
     labels = tf.where(matched >= 0, 1.0, tf.where(matched == BELOW_LOW_THRESHOLD, 0.0, -1.0))
@@ -50,8 +50,7 @@ def roi_training_samples(proposals, proposal_valid, gt_boxes, gt_classes, gt_val
     padding) and ``regression_targets`` (B, S, 4), 0 except for positives.
     """
     proposals = tf.convert_to_tensor(proposals, tf.float32)
-    gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
-    gt_valid = tf.convert_to_tensor(gt_valid, tf.bool)
+    gt_boxes, gt_valid, gt_classes = _at_least_one_row(gt_boxes, gt_valid, gt_classes)
     proposal_valid = tf.convert_to_tensor(proposal_valid, tf.bool)
     if add_gt_proposals:
         proposals = tf.concat([proposals, gt_boxes], axis=1)
@@ -72,3 +71,14 @@ def roi_training_samples(proposals, proposal_valid, gt_boxes, gt_classes, gt_val
     unit = tf.constant([0.0, 0.0, 1.0, 1.0])
     targets = box_ops.encode(tf.where(positive, matched_boxes, unit), tf.where(positive, rois, unit), weights)
     return {"rois": rois, "valid": valid, "labels": roi_labels, "regression_targets": targets}
+
+
+def _at_least_one_row(gt_boxes, gt_valid, gt_classes=None):
+    """Pad the ground truth to at least one (invalid) row, so gathers work when a batch has none."""
+    gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
+    gt_valid = tf.convert_to_tensor(gt_valid, tf.bool)
+    extra = tf.maximum(1 - tf.shape(gt_valid)[1], 0)
+    padded = (tf.pad(gt_boxes, [[0, 0], [0, extra], [0, 0]]), tf.pad(gt_valid, [[0, 0], [0, extra]]))
+    if gt_classes is None:
+        return padded
+    return padded + (tf.pad(tf.cast(gt_classes, tf.int32), [[0, 0], [0, extra]]),)
