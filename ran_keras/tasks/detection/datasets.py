@@ -33,8 +33,9 @@ AUTOTUNE = tf.data.AUTOTUNE
 #: ImageNet mean and std (torchvision's, scaled to 0-255 pixels)
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-#: decoded TFDS images held by the training shuffle buffer (the file readers shuffle their whole list)
-TFDS_SHUFFLE_BUFFER = 256
+#: TFDS records (JPEG bytes, about 160 KB each for COCO) in the training shuffle buffer; the file
+#: readers shuffle their whole list of paths
+TFDS_SHUFFLE_BUFFER = 1024
 
 
 @dataclass(frozen=True)
