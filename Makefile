@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 DEMO_OUT    ?= out/hwtable
 DEMO_ARGS   ?=
+# data-only packages (setup.cfg's [detect-demo] extra): installed without their dependencies, never imported
+DATA_ONLY   := deepforest==2.1.0
 
 .PHONY: venv demo search-demo test clean
 
@@ -14,6 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps $(DATA_ONLY)
 	@touch $(STAMP)
 
 venv: $(STAMP)
