@@ -1,0 +1,17 @@
+"""Reading published weights (PyTorch ``.pth`` without PyTorch, TF checkpoints) and mapping them onto
+ran_keras models.
+
+Modules (imported on use, so ``import ran_keras.weights`` stays free of TensorFlow):
+
+* ``pth``: a restricted reader for ``torch.save`` zip files (tensors -> numpy, nothing executed).
+* ``pth_writer``: writes ``.pth`` files in the same layout, for fixtures and tools.
+* ``tf_ckpt``: TF checkpoint keys and values, bookkeeping filtered; a fixture writer.
+* ``published``: Arm's published RAN files (sizes, hashes, accuracy) and ``verify``/``identify``.
+* ``mapping``: the generic key/shape mapper with transforms, failing loudly on any gap.
+* ``keymaps``: rules for facebookresearch ConvNeXt, torchvision ResNet-18, timm EfficientNet-Lite0
+  and the reference RAN-e Keras checkpoints.
+"""
+
+from ran_keras.weights.errors import WeightsError
+
+__all__ = ["WeightsError"]
