@@ -13,7 +13,7 @@ import ran_keras
 from ran_keras.search import scaling
 from ran_keras.cli import main
 from ran_keras.models.convnext import convnext_spec
-from ran_keras.spec import model_drop_path, scale_width_depth as scale_convnext
+from ran_keras.spec import model_drop_path, scale_width_depth
 from ran_keras.analysis.nnmass import nn_mass
 from ran_keras.analysis.profile import profile_model, profile_spec
 from ran_keras.search.scaling import (Budget, ConvNeXtFamily, ScaleError, make_budgets, paper_budgets, parse_count,
@@ -107,7 +107,7 @@ def test_analytic_costs_equal_the_profiler_and_nn_mass_on_samples(base):
     dm = np.concatenate([dm, [1.65, 1.65, 2.30, 1.0]])
     cand = family.evaluate(wm, dm)
     for i in range(len(wm)):
-        spec = scale_convnext(base, float(wm[i]), float(dm[i]), name="sample")
+        spec = scale_width_depth(base, float(wm[i]), float(dm[i]), name="sample")
         prof, mass = profile_spec(spec), nn_mass(spec)
         assert [s[-1].channels for s in spec.stages] == cand.widths[i].tolist()
         assert (prof.params, prof.macs) == (cand.params[i], cand.macs[i])
@@ -128,7 +128,7 @@ def test_analytic_costs_equal_the_built_keras_model(base):
     family = ConvNeXtFamily.from_spec(base)
     cand = family.evaluate([0.3, 0.41], [0.7, 0.9], input_size=64, classes=10)
     for i, (wm, dm) in enumerate(((0.3, 0.7), (0.41, 0.9))):
-        model = ran_keras.create_model(scale_convnext(base, wm, dm, name=f"built{i}"), input_shape=(64, 64, 3),
+        model = ran_keras.create_model(scale_width_depth(base, wm, dm, name=f"built{i}"), input_shape=(64, 64, 3),
                                        classes=10)
         built = profile_model(model)
         assert (built.params, built.macs) == (cand.params[i], cand.macs[i]) == (model.count_params(), built.macs)
@@ -146,7 +146,7 @@ def test_any_family_of_stages_is_costed_by_the_profiler_rules():
     spec = ran_keras.get_spec("resnet18")
     cand = ConvNeXtFamily.from_spec(spec).evaluate([1.0, 0.5], [1.0, 1.5], input_size=64, classes=10)
     for i, (wm, dm) in enumerate(((1.0, 1.0), (0.5, 1.5))):
-        prof = profile_spec(scale_convnext(spec, wm, dm), input_size=64, classes=10)
+        prof = profile_spec(scale_width_depth(spec, wm, dm), input_size=64, classes=10)
         assert (prof.params, prof.macs) == (cand.params[i], cand.macs[i])
 
 
@@ -427,7 +427,7 @@ def test_other_convnext_family_specs_and_a_light_cli(tmp_path):
     wm, dm = sample_multipliers((0.5, 2.0), (0.5, 2.0), samples=10, seed=1)
     cand = family.evaluate(wm, dm, input_size=128, classes=7)
     for i in range(10):
-        scaled = scale_convnext(spec, float(wm[i]), float(dm[i]))
+        scaled = scale_width_depth(spec, float(wm[i]), float(dm[i]))
         prof, mass = profile_spec(scaled, input_size=128, classes=7), nn_mass(scaled)
         assert (prof.params, prof.macs, mass.nonlinear_units) == (cand.params[i], cand.macs[i],
                                                                    cand.nonlinear_units[i])

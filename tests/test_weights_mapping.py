@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ran_keras
-from ran_keras.models.convnext import scale_convnext
+from ran_keras.spec import scale_width_depth
 from ran_keras.weights import WeightsError
 from ran_keras.weights.keymaps import convnext_rules, efficientnet_lite_rules, resnet18_rules
 from ran_keras.weights.mapping import (MappingError, fill, ignore, load_weights, map_weights, model_weight_shapes,
@@ -199,7 +199,7 @@ MICRO = dict(wm=1 / 12, dm=0.34)  # ConvNeXt-T at widths [8, 16, 32, 64], depths
 
 @pytest.fixture(scope="module")
 def micro_spec():
-    return scale_convnext(ran_keras.get_spec("convnext_tiny"), name="cnx_micro", **MICRO)
+    return scale_width_depth(ran_keras.get_spec("convnext_tiny"), name="cnx_micro", **MICRO)
 
 
 def test_convnext_rules_load_a_facebookresearch_state_dict(micro_spec):

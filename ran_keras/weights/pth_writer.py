@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ran_keras.io import atomic_path
+from ran_keras.fileio import atomic_path
 from ran_keras.weights.errors import WeightsError
 
 _STORAGE_NAMES = {"f4": "FloatStorage", "f8": "DoubleStorage", "f2": "HalfStorage", "i8": "LongStorage",

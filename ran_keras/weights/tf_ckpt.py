@@ -48,7 +48,7 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ran_keras.io import atomic_path
+from ran_keras.fileio import atomic_path
 from ran_keras.weights.errors import WeightsError
 
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ran_keras.backend import tf
-from ran_keras.data import TF_IMAGE_SUFFIXES
+from ran_keras.data.photos import TF_IMAGE_SUFFIXES
 from ran_keras.tasks.detection.boxes import clip_to_image, resize_boxes
 from ran_keras.tasks.detection.errors import DetectionDataError, DetectionError
 
