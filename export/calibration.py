@@ -27,48 +27,12 @@ import numpy as np
 
 from ran_keras.data import photos
 from ran_keras.export import settings
+from ran_keras.export.settings import Source, parse_source
 from ran_keras.export.errors import CalibrationError
 
 IMAGE_SUFFIXES = photos.IMAGE_SUFFIXES
 DEFAULT_SOURCE = settings.CALIBRATION_SOURCE
 DEFAULT_COUNT = settings.CALIBRATION_COUNT
-
-
-@dataclass(frozen=True)
-class Source:
-    kind: str
-    path: Optional[str] = None      # folder
-    name: Optional[str] = None      # tfds dataset
-    split: Optional[str] = None     # tfds split
-
-    def __str__(self) -> str:
-        if self.kind == "folder":
-            return f"folder:{self.path}"
-        if self.kind == "tfds":
-            return f"tfds:{self.name}:{self.split}"
-        return self.kind
-
-
-def parse_source(text: str) -> Source:
-    """'photos' | 'random' | 'folder:PATH' | an existing directory | 'tfds:NAME[:SPLIT]'."""
-    if not isinstance(text, str) or not text.strip():
-        raise CalibrationError(f"calibration source must be one of {_accepted()}, got {text!r}")
-    text = text.strip()
-    kind, _, rest = text.partition(":")
-    if text in ("photos", "random"):
-        return Source(text)
-    if kind == "folder" and rest:
-        return Source("folder", path=rest)
-    if kind == "tfds" and rest:
-        name, _, split = rest.partition(":")
-        return Source("tfds", name=name, split=split or "train")
-    if os.path.isdir(text):
-        return Source("folder", path=text)
-    raise CalibrationError(f"unknown calibration source {text!r}; accepted: {_accepted()}")
-
-
-def _accepted() -> str:
-    return "'photos', 'random', 'folder:PATH' (or a directory), 'tfds:NAME[:SPLIT]'"
 
 
 def center_crop_resize(image: np.ndarray, size: int, channels: int) -> np.ndarray:

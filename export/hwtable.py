@@ -184,7 +184,7 @@ def _paper(ref) -> Optional[Dict[str, Any]]:
 def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Build, export and compile every model for every target; write the table files; return the JSON."""
     from ran_keras.export import vela
-    from ran_keras.analysis.profile import profile_spec
+    from ran_keras.analysis.profiler import profile_spec
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
     out = Path(output_dir)

@@ -1,8 +1,37 @@
-"""Running and inspecting .tflite files with LiteRT (``ai-edge-litert``), the successor of the
-deprecated ``tf.lite.Interpreter`` (same interface). Conversion stays with TensorFlow's
-``TFLiteConverter`` (``ran_keras.export.tflite``)."""
+"""Running .tflite files with LiteRT (``ai-edge-litert``), the successor of the deprecated
+``tf.lite.Interpreter`` (same interface), and ``quiet``, which keeps the converter's and the
+interpreter's routine chatter off stderr. Conversion stays with TensorFlow's ``TFLiteConverter``
+(``ran_keras.export.tflite``)."""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+#: lines the converter and interpreter print from C++ on every run; other stderr lines are kept
+_CPP_NOISE = (
+    "fully_quantize: ",
+    "Created TensorFlow Lite XNNPACK delegate",
+    "Estimated count of arithmetic ops",
+)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the converter's and interpreter's routine chatter (Python warnings, absl
+    deprecation notes, fixed C++ info lines) while they run; real errors still reach stderr."""
+    from ran_keras.backend import filtered_stderr
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), filtered_stderr(_CPP_NOISE):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        absl_logger.setLevel(level)
+
 
 
 def interpreter(model_content: bytes, *, threads: int = 1, preserve_all_tensors: bool = False):
@@ -11,8 +40,6 @@ def interpreter(model_content: bytes, *, threads: int = 1, preserve_all_tensors:
     ``preserve_all_tensors`` keeps intermediate tensors readable (e.g. the logits before a softmax).
     """
     from ai_edge_litert.interpreter import Interpreter
-
-    from ran_keras.export.tflite import quiet
     with quiet():
         interp = Interpreter(model_content=bytes(model_content), num_threads=threads,
                              experimental_preserve_all_tensors=preserve_all_tensors)

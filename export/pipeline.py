@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ran_keras import fileio
-from ran_keras.export.settings import CALIBRATION_COUNT, CALIBRATION_SOURCE
+from ran_keras.export.settings import CALIBRATION_COUNT, CALIBRATION_SOURCE, canonical_activation
 from ran_keras.export.errors import ExportError
 from ran_keras.export.flatbuffer import TFLiteInfo, check_integer_only, inspect_tflite
 
@@ -46,15 +46,6 @@ def file_kind(ref) -> Optional[str]:
         from ran_keras import registry
         return None if registry.is_registered(text) else "foreign"
     return None
-
-
-def canonical_activation(activation: Optional[str]) -> Optional[str]:
-    """None for the model's own activations (None or 'default'), else the canonical name
-    ('hswish' -> 'hard_swish'); an unknown name raises SpecError listing the accepted ones."""
-    if activation is None or (isinstance(activation, str) and activation.strip().lower() == "default"):
-        return None
-    from ran_keras.activations import canonical
-    return canonical(activation, "--activation")
 
 
 def model_label(spec_name: str, activation: Optional[str]) -> str:

@@ -7,41 +7,15 @@ EfficientNet-Lite-B0 with tf_keras, 2 s instead of 12 s) and gives the same flat
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
 from typing import Any, Dict, Tuple
 
 import numpy as np
 
 from ran_keras.export.errors import ExportError
+from ran_keras.export.litert import quiet
 
 #: seeded stand-in when int8 conversion gets no calibration data
 DEFAULT_RANDOM_SAMPLES = 8
-
-
-#: lines the converter and interpreter print from C++ on every run; other stderr lines are kept
-_CPP_NOISE = (
-    "fully_quantize: ",
-    "Created TensorFlow Lite XNNPACK delegate",
-    "Estimated count of arithmetic ops",
-)
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence the converter's and interpreter's routine chatter (Python warnings, absl
-    deprecation notes, fixed C++ info lines) while they run; real errors still reach stderr."""
-    from ran_keras.backend import filtered_stderr
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), filtered_stderr(_CPP_NOISE):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        absl_logger.setLevel(level)
 
 
 def input_shape_of(model) -> Tuple[int, int, int]:

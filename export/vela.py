@@ -29,7 +29,6 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from ran_keras.export.errors import (CpuOpsError, FloatTensorError, UnknownTargetError, VelaConfigError,
                                      VelaError, VelaNotInstalledError)
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "vela_configs"
 TARGETS_FILE = "targets.json"
 
 #: peak MACs per cycle of each accelerator configuration (Vela 5.2 architecture_features:
@@ -47,11 +46,10 @@ UNCAPPED_KIB = 4 * 1024 * 1024
 
 
 def _config_dir() -> Path:
-    try:  # installed package: vela_configs is ran_keras.vela_configs
-        import ran_keras.vela_configs as pkg
-        return Path(pkg.__file__).resolve().parent
-    except ImportError:  # pragma: no cover - source tree without install
-        return CONFIG_DIR
+    """The installed ``ran_keras.vela_configs`` data folder (importlib.resources; a real folder,
+    since Vela reads the .ini by path)."""
+    from importlib.resources import files
+    return Path(str(files("ran_keras.vela_configs")))
 
 
 def vela_available() -> bool:

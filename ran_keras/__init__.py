@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 from ran_keras.errors import RanError, SpecError, UnknownModelError, InputShapeError  # noqa: E402
 from ran_keras.spec import BlockSpec, NetworkSpec  # noqa: E402
 from ran_keras.registry import create_model, get_spec, list_models, resolve_spec  # noqa: E402
-from ran_keras.analysis.profile import profile  # noqa: E402
+from ran_keras.analysis.profiler import profile  # noqa: E402
 
 __all__ = ["BlockSpec", "NetworkSpec", "create_model", "get_spec", "list_models", "resolve_spec",
            "profile", "RanError", "SpecError", "UnknownModelError", "InputShapeError", "__version__"]

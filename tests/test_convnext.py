@@ -12,7 +12,7 @@ from ran_keras.builder import load_model
 from ran_keras.errors import SpecError
 from ran_keras.models.convnext import CONVNEXT_CONFIGS, RAN_I_CONFIGS, convnext_spec
 from ran_keras.spec import drop_path_rates, model_drop_path, with_drop_path
-from ran_keras.analysis.profile import profile_model, profile_spec
+from ran_keras.analysis.profiler import profile_model, profile_spec
 from ran_keras.spec import BlockSpec, NetworkSpec, scale_depth, stage_depths
 
 CONVNEXT_FAMILY = ["convnext_tiny", "convnext_small", "convnext_base", "ran_i_tiny", "ran_i_small", "ran_i_base"]

@@ -12,7 +12,7 @@ from ran_keras.builder import load_model
 from ran_keras.cli import main
 from ran_keras.data.photos import offline_photos
 from ran_keras.layers import BorderBias, SharedAlphaPReLU
-from ran_keras.analysis.profile import profile_model, profile_spec
+from ran_keras.analysis.profiler import profile_model, profile_spec
 from ran_keras.rewrite.fold import FoldError, fold, format_report
 from ran_keras.spec import afrb_sites, map_blocks, realize_afrbs
 

@@ -4,7 +4,7 @@ import pytest
 
 import ran_keras
 from ran_keras import registry
-from ran_keras.analysis.profile import profile_model, profile_spec
+from ran_keras.analysis.profiler import profile_model, profile_spec
 from ran_keras.ir.costs import conv_macs
 from ran_keras.report import parse_count, printed_tolerance
 from ran_keras.spec import BlockSpec, NetworkSpec

@@ -15,7 +15,7 @@ from ran_keras.cli import main
 from ran_keras.models.convnext import convnext_spec
 from ran_keras.spec import model_drop_path, scale_width_depth
 from ran_keras.analysis.nnmass import nn_mass
-from ran_keras.analysis.profile import profile_model, profile_spec
+from ran_keras.analysis.profiler import profile_model, profile_spec
 from ran_keras.search.scaling import (Budget, ConvNeXtFamily, ScaleError, make_budgets, paper_budgets, parse_count,
                              parse_counts, parse_grid, parse_range, parse_tolerance, run_sweep, sample_multipliers)
 

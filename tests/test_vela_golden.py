@@ -1,14 +1,14 @@
 """Full-size (224x224) export + Vela for Ground Truth and EfficientNet-Lite-B0, and the golden cycle check.
 
 When a change moves the cycles on purpose, regenerate the golden file:
-    .venv/bin/python -m ran_keras.export.golden --write
+    .venv/bin/python tests/vela_golden.py --write
 """
 
 import json
 
 import pytest
 
-from ran_keras.export import golden
+import vela_golden as golden
 from ran_keras.export.vela import run_vela
 
 pytestmark = pytest.mark.slow

@@ -138,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --- export ---------------------------------------------------------------------------------------
 
 def _export(args, model: str, *, int8: bool = True, compare: bool = True, output=None, say=_progress):
-    from ran_keras.export.calibration import parse_source
+    from ran_keras.export.settings import parse_source
     from ran_keras.export.pipeline import export_model
     parse_source(args.calibration)  # a bad source fails before the model is built
     return export_model(model, output, input_size=args.input_size, classes=args.classes,

@@ -49,7 +49,7 @@ def _record(prof, paper, layers: bool = False) -> Dict[str, Any]:
 
 def cmd_list(args) -> int:
     from ran_keras import registry
-    from ran_keras.analysis.profile import profile_spec
+    from ran_keras.analysis.profiler import profile_spec
     names = registry.list_models(args.pattern, family=args.family)
     if not names:
         raise CliError(f"no registered model matches pattern={args.pattern!r} family={args.family!r}; "
@@ -74,7 +74,7 @@ def _load(model: str, input_size: Optional[int], classes: int, activation: Optio
     """(profile, paper figures or None) for one command-line model argument."""
     from ran_keras import registry
     from ran_keras.export.pipeline import resolve_model_arg  # the shared MODEL resolver (no TensorFlow)
-    from ran_keras.analysis.profile import profile_model, profile_spec
+    from ran_keras.analysis.profiler import profile_model, profile_spec
     ref = resolve_model_arg(model, activation, command="ran profile")
     if ref.origin == "keras":
         if input_size:

@@ -1,7 +1,7 @@
 """The layer-level IR that block kinds expand into (``ops``: primitive ops and their rules;
 ``graph``: a block's residual structure; ``costs``: the cost formulas).
 
-The analytic profiler (``ran_keras.analysis.profile``), NN-Mass (``ran_keras.analysis.nnmass``),
+The analytic profiler (``ran_keras.analysis.profiler``), NN-Mass (``ran_keras.analysis.nnmass``),
 the scaling sweep and the Keras builder (``ran_keras.builder``) all read this IR, so params, MACs
 and the built model cannot drift apart.
 """

@@ -263,7 +263,7 @@ def _middle_activations(graph, segs, report: FoldReport) -> None:
 
 def _summary(model) -> Dict[str, Any]:
     """Params and MACs (``ran_keras.profile.profile_model``); MACs None when the input size is not fixed."""
-    from ran_keras.analysis.profile import profile_model
+    from ran_keras.analysis.profiler import profile_model
     prof = profile_model(model)
     return {"params": prof.params, "trainable_params": prof.trainable_params, "macs": prof.macs,
             "macs_by_kind": prof.macs_by_kind, "layers": len({r.name for r in prof.layers})}

@@ -253,7 +253,7 @@ class Unit:
 def _macs(out_shape, kernel_size, cin: int, cout: int, *, depthwise: bool = False, groups: int = 1,
           unknown: Optional[int] = None) -> Optional[int]:
     """MACs of a conv / depthwise conv / dense with output ``out_shape`` (no batch axis), by
-    ``ran_keras.analysis.profile``'s cost functions; None if a size is unknown (unless ``unknown`` stands in).
+    ``ran_keras.analysis.profiler``'s cost functions; None if a size is unknown (unless ``unknown`` stands in).
 
     The positions (every axis but channels) and the kh x kw taps are passed as the output size,
     so non-square kernels and Dense layers on any rank count too (the functions square ``kernel``).

@@ -25,7 +25,7 @@ import numpy as np
 from ran_keras import fileio
 from ran_keras.blocks import AFRB_BAND, check_afrb_band
 from ran_keras.errors import RanError, SpecError
-from ran_keras.analysis.profile import profile_spec
+from ran_keras.analysis.profiler import profile_spec
 from ran_keras.train.config import TrainConfig
 from ran_keras.report import fmt_count, table
 from ran_keras.spec import NetworkSpec, afrb_sites, realize_afrbs, scale_width, with_activation

@@ -4,7 +4,7 @@ NN-Mass inside a MACs/params budget.
 For a base ConvNeXt-family spec, candidates ``(wm, dm)`` have widths ``round(w * wm)`` and depths
 ``round(d * dm)`` (``scale_width`` / ``scale_depth`` with 'round'). Their params, MACs, NN-Mass
 and non-linear units are computed analytically for all candidates at once with numpy, from the
-same per-layer cost functions the profiler uses (``ran_keras.analysis.profile``) and the NN-Mass block
+same per-layer cost functions the profiler uses (``ran_keras.analysis.profiler``) and the NN-Mass block
 formula (``ran_keras.analysis.nnmass``); tests check them against ``profile_spec``/``nn_mass`` of the
 materialised specs and against built Keras models.
 
@@ -32,7 +32,7 @@ import numpy as np
 from ran_keras import fileio
 from ran_keras.errors import RanError
 from ran_keras.analysis.nnmass import block_mass
-from ran_keras.analysis.profile import block_rows, profile_spec, top_rows
+from ran_keras.analysis.profiler import block_rows, profile_spec, top_rows
 from ran_keras.report import fmt_count
 from ran_keras.spec import NetworkSpec, scale_depth, scale_width, scale_width_depth, stage_depths
 
@@ -267,7 +267,7 @@ class ConvNeXtFamily:
     their input's shape (ConvNeXt, RAN-i, the co-design nets, ResNets; any block kind). Stem and
     head blocks are costed once.
 
-    Candidate costs come from the profiler's per-layer rows (``analysis.profile.block_rows``, the
+    Candidate costs come from the profiler's per-layer rows (``analysis.profiler.block_rows``, the
     IR ops' cost rules) and NN-Mass's per-block terms, evaluated once per distinct set of rounded
     widths and combined with the depths in numpy: the sweep cannot disagree with ``ran profile``.
     """

@@ -37,7 +37,7 @@ from ran_keras.data import classification
 from ran_keras import fileio
 from ran_keras.backend import keras, tf
 from ran_keras.errors import RanError
-from ran_keras.analysis.profile import profile_spec
+from ran_keras.analysis.profiler import profile_spec
 from ran_keras.train.config import ConfigError, TrainConfig, model_spec
 from ran_keras.registry import create_model
 from ran_keras.report import fmt_count
