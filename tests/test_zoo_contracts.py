@@ -142,4 +142,4 @@ def test_int8_export_has_no_float_tensor(name, tmp_path):
     size = _size(spec)
     report = export_model(name, tmp_path / f"{name}.tflite", input_size=size, classes=10, calibration="random",
                           samples=2, compare=False)
-    assert report.info.float_tensors == [] and report.info.inputs[0].dtype == "int8"
+    assert report.info.float_tensors == [] and report.info.inputs[0].dtype == "INT8"
