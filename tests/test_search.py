@@ -148,13 +148,12 @@ def test_logged_penalty_matches_alphas(tmp_path):
         def on_step_end(self, trainer, step, logs):
             captured.append((logs["alpha_penalty"], [float(v.numpy()) for v in self.read]))
 
+    from ran_keras.tasks.classification import ClassificationTask
     lam = 0.25
-    spec = afrb_spec()
+    cfg = search_cfg(tmp_path, epochs=1)
     probe = Capture()
-    trainer = trainer.Trainer(search_cfg(tmp_path, epochs=1), spec, callbacks=[probe],
-                               extra_losses={"alpha_penalty": lambda m: prelu.alpha_penalty(
-                                   prelu.alpha_variables(m, spec), lam)})
-    trainer.run()
+    trainer.Trainer(cfg, ClassificationTask(cfg, afrb_spec()), transforms=[prelu.AlphaPenalty(afrb_spec(), lam)],
+                    callbacks=[probe]).run()
     # step 1's penalty is computed on the initial alphas (all 0.5)
     assert captured[0][0] == pytest.approx(lam * 4 * 0.25, rel=1e-6)
     # step 2's penalty is computed on the alphas after step 1
@@ -173,9 +172,8 @@ def test_nan_during_search_stops_cleanly(tmp_path):
     cfg = search_cfg(tmp_path, checkpoint_every=1)
     logger = prelu.AlphaLogger(afrb_spec(), tmp_path, AFRB_BAND)
     with pytest.raises(NonFiniteLossError, match="at step 3.*ckpt-2"):
-        trainer.train(cfg, afrb_spec(), callbacks=[PoisonAlpha(), logger],
-                       extra_losses={"alpha_penalty": lambda m: prelu.alpha_penalty(
-                           prelu.alpha_variables(m, afrb_spec()), 0.1)})
+        trainer.train(cfg, afrb_spec(), transforms=[prelu.AlphaPenalty(afrb_spec(), 0.1)],
+                      callbacks=[PoisonAlpha(), logger])
     rows = prelu.read_alpha_csv(tmp_path / "alphas.csv", 4)
     assert [r[0] for r in rows] == [0, 1, 2]                     # flushed and closed on the way out
     assert logger._fh is None and (tmp_path / "alphas.png").is_file()

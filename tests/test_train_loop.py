@@ -127,16 +127,18 @@ def test_resume_refuses_settings_that_change_data_order_or_schedule(straight, ch
 
 
 def test_resume_refuses_another_model_and_compares_resolved_values(straight):
+    from ran_keras.tasks.classification import ClassificationTask
     from ran_keras.train.trainer import Trainer, train
     _, out = straight
     with pytest.raises(ConfigError, match="different architecture"):
         train(tiny_cfg(out), tiny_spec("other"))
     # no image size at all (not even the recipe's): it resolves to the spec's 16, the size the run was
     # trained at, so resuming is allowed
-    trainer = Trainer(tiny_cfg(out).replace(image_size=None), tiny_spec())
+    cfg = tiny_cfg(out).replace(image_size=None)
+    trainer = Trainer(cfg, ClassificationTask(cfg, tiny_spec()))
     trainer._setup()
     trainer._check_model_dir()
-    assert trainer.image_size == 16
+    assert trainer.task.image_size == 16
     assert json.loads((out / "config.json").read_text())["image_size"] == 16
 
 
@@ -182,8 +184,10 @@ def test_convnext_recipe_trains_a_tiny_convnext(tmp_path):
 
 def test_bfloat16_mixed_precision_step(tmp_path):
     from ran_keras.backend import keras
+    from ran_keras.tasks.classification import ClassificationTask
     from ran_keras.train.trainer import Trainer
-    trainer = Trainer(tiny_cfg(tmp_path, dtype="bfloat16", epochs=1, steps_per_epoch=2), tiny_spec())
+    cfg = tiny_cfg(tmp_path, dtype="bfloat16", epochs=1, steps_per_epoch=2)
+    trainer = Trainer(cfg, ClassificationTask(cfg, tiny_spec()))
     result = trainer.run()
     assert result.steps == 2 and np.isfinite(result.final["eval_loss"])
     conv = trainer.model.get_layer("tiny_stem_block1_conv")

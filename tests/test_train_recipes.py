@@ -101,7 +101,7 @@ def test_cli_help_and_bad_flags(capsys):
 
 def test_drop_path_rule_on_registered_convnext():
     from ran_keras import get_spec
-    from ran_keras.train.trainer import apply_drop_path
+    from ran_keras.tasks.classification import apply_drop_path
     spec = apply_drop_path(get_spec("convnext_tiny"), 0.3)
     rates = [s.block.drop_path for s in spec.sites if s.block.has("drop_path")]
     assert rates[0] == 0 and rates[-1] == pytest.approx(0.3)

@@ -27,6 +27,7 @@ from ran_keras.blocks import AFRB_BAND, check_afrb_band
 from ran_keras.errors import RanError, SpecError
 from ran_keras.analysis.profiler import profile_spec
 from ran_keras.train.config import TrainConfig
+from ran_keras.train.transforms import ModelTransform
 from ran_keras.report import fmt_count, table
 from ran_keras.spec import NetworkSpec, afrb_sites, realize_afrbs, scale_width, with_activation
 
@@ -138,11 +139,18 @@ def demo_supernet_spec() -> NetworkSpec:
                         description="RAN-e SuperNet layout at width 0.25 for 32x32 digits (demo)")
 
 
-# --- alpha logging -------------------------------------------------------------------------------
+# --- the penalty as a model transform, alpha logging ---------------------------------------------
 
-def _training():
-    from ran_keras.train import trainer
-    return trainer
+class AlphaPenalty(ModelTransform):
+    """The search's loss term: ``lam * sum (alpha_i - 1)^2`` over the AFRBs of ``spec``, logged as
+    ``alpha_penalty``; the model itself is left as built."""
+
+    def __init__(self, spec: NetworkSpec, lam: float):
+        super().__init__("alpha_penalty")
+        self.spec, self.lam = spec, check_lambda(lam)
+
+    def loss(self, model):
+        return alpha_penalty(alpha_variables(model, self.spec), self.lam)
 
 
 class AlphaLogger:
@@ -315,51 +323,47 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
     alphas in the band snapped to 1, no retraining) and report that model's held-out accuracy.
     ``retrain_epochs``: also train the derived subnetwork from scratch, as the paper does.
     """
-    training = _training()
+    from ran_keras.tasks.classification import ClassificationTask
+    from ran_keras.train.trainer import Trainer, train
     band = check_band(band)
     lam = check_lambda(lam)
-    trainer = training.Trainer(cfg, spec, log=log)
-    spec = trainer.spec   # what is trained: --model (or ``spec``) with --width/--activation applied, once
+    if cfg.task != ClassificationTask.name:
+        raise SearchError(f"--task={cfg.task}: the search trains the {ClassificationTask.name} task; leave --task unset")
+    task = ClassificationTask(cfg, spec)
+    spec = task.spec   # what is trained: --model (or ``spec``) with --width/--activation applied, once
+    trainer = Trainer(cfg, task, [AlphaPenalty(spec, lam)], log=log)
     check_derived(spec, band, name=derived_name, activation=derived_activation)
     out_dir = Path(cfg.model_dir)
-    variables_of = {}
-
-    def penalty(model):
-        if "v" not in variables_of:
-            variables_of["v"] = alpha_variables(model, spec)
-        return alpha_penalty(variables_of["v"], lam)
-
     logger = AlphaLogger(spec, out_dir, band, alpha_log_every, title=f"{spec.name}: AFRB alphas, lambda = {lam:g}")
-    trainer.extra_losses["alpha_penalty"] = penalty
     trainer.callbacks.append(logger)
     log(f"search: {spec.name} with {len(afrb_sites(spec))} AFRBs, loss = CE + {lam:g} * sum(alpha - 1)^2, "
         f"collapse band [{band[0]:g}, {band[1]:g}]")
     result = trainer.run()
     alphas = logger.values()
     derived = derive_spec(spec, alphas, band, name=derived_name or f"{spec.name}_lam{lam:g}",
-                          activation=derived_activation, input_size=trainer.image_size,
-                          note=f"; lambda {lam:g}, {result.steps} steps on {trainer.source.name}")
+                          activation=derived_activation, input_size=task.image_size,
+                          note=f"; lambda {lam:g}, {result.steps} steps on {task.data_name}")
     derived_path = out_dir / "derived_spec.json"
     derived.save(derived_path)
-    size = trainer.image_size
+    size, classes = task.image_size, task.classes
     shape = (size, size, spec.input_channels)
     n = len(alphas)
-    prof = profile_spec(derived, shape, classes=trainer.classes)
+    prof = profile_spec(derived, shape, classes=classes)
     res = SearchResult(
         lam=float(lam), band=band, supernet=spec, alphas=alphas, collapse=decide(alphas, band), derived=derived,
         derived_path=str(derived_path), eval_accuracy=result.final.get("eval_accuracy"),
-        eval_loss=result.final.get("eval_loss"), image_size=size, classes=trainer.classes, macs=prof.macs,
-        macs_all_ibn=profile_spec(realize_afrbs(spec, [False] * n), shape, classes=trainer.classes).macs,
-        macs_all_collapsed=profile_spec(realize_afrbs(spec, [True] * n), shape, classes=trainer.classes).macs,
+        eval_loss=result.final.get("eval_loss"), image_size=size, classes=classes, macs=prof.macs,
+        macs_all_ibn=profile_spec(realize_afrbs(spec, [False] * n), shape, classes=classes).macs,
+        macs_all_collapsed=profile_spec(realize_afrbs(spec, [True] * n), shape, classes=classes).macs,
         params=prof.params, model_dir=str(out_dir), steps=result.steps)
     if fold:
-        _fold_supernet(res, trainer, band, log)
+        _fold_supernet(res, task, band, log)
     if retrain_epochs:
         retrain_cfg = cfg.replace(model_dir=str(out_dir / "retrain"), epochs=retrain_epochs, model=None,
                                   width=1.0, activation=None, drop_path_rate=None,
                                   warmup_epochs=min(cfg.warmup_epochs, retrain_epochs))
         log(f"retraining the derived subnetwork {derived.name} from scratch for {retrain_epochs} epochs")
-        retrained = training.train(retrain_cfg, derived, log=log)
+        retrained = train(retrain_cfg, derived, log=log)
         res.retrain_accuracy = retrained.final.get("eval_accuracy")
         res.retrain_dir = retrain_cfg.model_dir
     fileio.write_text(out_dir / "search.json", json.dumps(res.to_dict(), indent=1) + "\n")
@@ -367,7 +371,7 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
     return res
 
 
-def _fold_supernet(res: SearchResult, trainer, band, log) -> None:
+def _fold_supernet(res: SearchResult, task, band, log) -> None:
     """The trained SuperNet with its in-band AFRBs folded (exact folds, alphas moved to 1), evaluated."""
     from ran_keras.builder import load_model
     from ran_keras.rewrite.fold import FoldError, fold
@@ -379,7 +383,7 @@ def _fold_supernet(res: SearchResult, trainer, band, log) -> None:
         log(f"fold: the rewriter could not fold {res.supernet.name}: {err}")
         return
     correct = total = 0
-    for images, labels in trainer.pipeline.eval():
+    for images, labels in task.build_inputs(training=False):
         probs = folded(images, training=False).numpy()
         correct += int(np.sum(np.argmax(probs, -1) == np.argmax(labels.numpy(), -1)))
         total += len(probs)
@@ -406,7 +410,8 @@ def run_sweep(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lambdas: 
                           f"<supernet>_lam<lambda>; drop --derived_name, or run one search with --lambda=VALUE")
     if not cfg.model_dir:
         raise SearchError("--model_dir is required (each lambda runs in --model_dir/lambda_<value>)")
-    supernet = _training().prepare_spec(cfg, spec)
+    from ran_keras.tasks.classification import prepare_spec
+    supernet = prepare_spec(cfg, spec)
     check_derived(supernet, kwargs.get("band", AFRB_BAND), activation=kwargs.get("derived_activation", "hard_swish"))
     root = Path(cfg.model_dir)
     results = []

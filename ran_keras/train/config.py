@@ -7,7 +7,7 @@ into an absl flag, so every recipe value can be overridden on the command line.
 
 Pure Python (no TensorFlow): configs are resolved, validated and inspected without Keras, and
 ``model_spec`` resolves --model, so a bad value fails before TensorFlow starts. The learning-rate
-schedule is ``ran_keras.training.WarmupSchedule``.
+schedule is ``ran_keras.train.trainer.WarmupSchedule``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class TrainConfig:
     """Every setting of a run. ``None`` means "the recipe's, or the dataset's/model's default"."""
 
     # --- model -------------------------------------------------------------------------------
+    task: str = _f("classification", "what is trained and how it is scored: a registered task (ran_keras.tasks)",
+                   group="model")
     model: Optional[str] = _f(None, "registered model name (`ran list`) or a spec .json path", group="model")
     activation: Optional[str] = _f(None, "replace every non-linearity (not the AFRB PReLUs), e.g. relu6",
                                    group="model")
@@ -239,11 +241,13 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("--strategy=tpu needs --tpu (a TPU name or grpc:// address; 'local' for a TPU VM)")
     if cfg.dataset and cfg.image_folder:
         raise ConfigError("give either --dataset or --image_folder, not both")
+    from ran_keras.tasks import check_task
+    check_task(cfg.task)
 
 
 def model_spec(cfg: TrainConfig):
     """The spec --model names (a registered name or a spec .json file), before --width, --activation
-    and --drop_path_rate (``ran_keras.training.prepare_spec`` applies those). No TensorFlow."""
+    and --drop_path_rate (``ran_keras.tasks.classification.prepare_spec`` applies those). No TensorFlow."""
     from ran_keras.registry import resolve_spec
     if not cfg.model:
         raise ConfigError("--model is required: a registered model name (see `ran list`) or a spec .json file")

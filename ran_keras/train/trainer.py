@@ -1,22 +1,27 @@
 """The training loop: tf.distribute, mixed precision, exact resume, NaN stop, logs, final export.
 
+Task-agnostic: a ``Task`` (``ran_keras.tasks``) supplies the model, the data, the losses, the
+metrics and the final artefact; ``ModelTransform`` objects (``ran_keras.train.transforms``) change
+the model after it is built (QAT) or add loss terms over its weights (the search's penalty).
+
 A custom loop (``strategy.run`` inside a ``tf.function``) rather than ``model.fit``, because it
 needs three things fit does not give together: resuming mid-epoch on exactly the batches an
-uninterrupted run would see (the input pipeline is seeded per epoch and per example, and a
+uninterrupted run would see (the task's inputs are seeded per epoch and per example, and a
 resumed epoch skips what was consumed), extra loss terms over model weights that are logged
-separately (the search's lambda * sum(alpha - 1)^2), and a stop on a non-finite loss that never
-writes the bad weights to a checkpoint.
+separately, and a stop on a non-finite loss that never writes the bad weights to a checkpoint.
 
 What a run writes to ``model_dir``::
 
-    config.json            the resolved configuration (recipe + flags; image_size and steps_per_epoch
-                           as used, also when they came from the model or the data)
-    spec.json              the architecture trained (what resume checks against)
-    checkpoints/ckpt-N     tf.train.Checkpoint of model, optimizer (slots, EMA) and step
+    config.json            the resolved configuration (recipe + flags; steps_per_epoch and what the
+                           task resolved, e.g. image_size, as used)
+    spec.json              the task's fingerprint, e.g. the architecture (what resume checks against)
+    checkpoints/ckpt-N     tf.train.Checkpoint of model, optimizer (slots, EMA), step and the running
+                           train metrics of the epoch
     tensorboard/train|eval TensorBoard scalars
-    metrics.csv            one row per epoch
-    model.keras            the final model (float32, softmax), with model.spec.json beside it
-    results.json           final metrics, params, MACs, history
+    metrics.csv            one row per epoch: train_<metric>, eval_<metric> for the task's metrics
+    model.keras ...        the task's export (classification: float32 softmax + model.spec.json),
+                           then each transform's
+    results.json           final metrics, history, the task's fields (params, MACs, ...)
 
 The optimizer is built (slots created) before a checkpoint is restored, so its slots are restored
 right away rather than deferred (see the toolchain notes); tests check the slot values.
@@ -31,19 +36,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ran_keras.data import classification
 from ran_keras import fileio
 from ran_keras.backend import keras, tf
 from ran_keras.errors import RanError
-from ran_keras.analysis.profiler import profile_spec
-from ran_keras.train.config import ConfigError, TrainConfig, model_spec
-from ran_keras.registry import create_model
-from ran_keras.report import fmt_count
-from ran_keras.spec import NetworkSpec, scale_width, with_activation, with_drop_path
-
-LossFn = Callable[[Any], Any]
+from ran_keras.tasks.base import Task, TaskError
+from ran_keras.train.config import ConfigError, TrainConfig
+from ran_keras.train.transforms import ModelTransform
 
 
 class NonFiniteLossError(RanError):
@@ -101,28 +101,7 @@ def is_chief(strategy) -> bool:
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
-# --- spec and optimiser --------------------------------------------------------------------------
-
-def apply_drop_path(spec: NetworkSpec, rate: float) -> NetworkSpec:
-    """--drop_path_rate: ConvNeXt's linear stochastic-depth rule over the blocks that have ``drop_path``."""
-    if not any(b.has("drop_path") for b in spec.blocks()):
-        raise ConfigError(f"--drop_path_rate: {spec.name} has no blocks with a drop_path field (ConvNeXt-style "
-                          f"blocks have one); leave the flag unset for this model")
-    return with_drop_path(spec, rate)
-
-
-def prepare_spec(cfg: TrainConfig, spec: Optional[NetworkSpec] = None) -> NetworkSpec:
-    """The spec a run trains: --model (or ``spec``) with --width, --activation and --drop_path_rate."""
-    if spec is None:
-        spec = model_spec(cfg)
-    if cfg.width != 1.0:
-        spec = scale_width(spec, cfg.width, rounding="round", name=f"{spec.name}_w{cfg.width:g}")
-    if cfg.activation:
-        spec = with_activation(spec, cfg.activation)
-    if cfg.drop_path_rate is not None:
-        spec = apply_drop_path(spec, cfg.drop_path_rate)
-    return spec
-
+# --- optimiser ------------------------------------------------------------------------------
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """The learning rate after ``step`` updates: linear warm-up to ``peak``, then cosine to ``minimum``
@@ -180,7 +159,8 @@ def make_optimizer(cfg: TrainConfig, schedule, variables: Sequence):
 # --- callbacks and results ---------------------------------------------------------------------
 
 class Callback:
-    """Hooks into the loop. ``trainer`` exposes model, optimizer, strategy, spec, cfg, model_dir."""
+    """Hooks into the loop. ``trainer`` exposes cfg, task, model, optimizer, strategy, model_dir, step,
+    steps_per_epoch and train_writer."""
 
     def on_train_begin(self, trainer: "Trainer") -> None: ...
 
@@ -194,7 +174,7 @@ class Callback:
 @dataclass
 class RunResult:
     model_dir: str
-    spec: NetworkSpec
+    model: str
     steps: int
     total_steps: int
     epochs: int
@@ -204,39 +184,36 @@ class RunResult:
     model_path: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"model_dir": self.model_dir, "model": self.spec.name, "steps": self.steps,
+        return {"model_dir": self.model_dir, "model": self.model, "steps": self.steps,
                 "total_steps": self.total_steps, "epochs": self.epochs, "final": self.final,
                 "resumed_from": self.resumed_from, "model_path": self.model_path, "history": self.history}
 
 
-CSV_COLUMNS = ("epoch", "step", "learning_rate", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
-               "eval_top5", "seconds")
-
 #: settings that must not change when a run is resumed (they fix the data order and the schedule);
-#: image_size and steps_per_epoch are compared as resolved (from the flag, else the model / the data)
+#: steps_per_epoch and what the task resolves (image_size) are compared as resolved
 RESUME_FIXED = ("batch_size", "dataset", "image_folder", "image_size", "seed", "shuffle_buffer", "steps_per_epoch",
                 "train_split", "validation_fraction")
-RESOLVED = ("image_size", "steps_per_epoch")
+#: the loop's own metric, before the task's: the mean of the task's loss over the examples seen
+LOSS = "loss"
 
 
 # --- the trainer ---------------------------------------------------------------------------------
 
 class Trainer:
-    """One training run. ``extra_losses`` maps a name to ``fn(model) -> scalar`` added to the loss."""
+    """One training run of ``task``, its model changed by ``transforms`` (in order)."""
 
-    def __init__(self, cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *,
-                 extra_losses: Optional[Mapping[str, LossFn]] = None,
+    def __init__(self, cfg: TrainConfig, task: Task, transforms: Sequence[ModelTransform] = (),
                  callbacks: Sequence[Callback] = (), log: Callable[[str], None] = print):
         if not cfg.model_dir:
             raise ConfigError("--model_dir is required (checkpoints, logs and the final model go there; "
                               "re-running with the same folder resumes)")
-        self.cfg = cfg
-        self.spec = prepare_spec(cfg, spec)
-        self.extra_losses = dict(extra_losses or {})
+        self.cfg, self.task = cfg, task
+        self.transforms = list(transforms)
         self.callbacks = list(callbacks)
         self.log = log
         self.model_dir = Path(cfg.model_dir)
         self.step = 0
+        self.train_writer = self.eval_writer = None
 
     # -- set-up --
 
@@ -249,57 +226,52 @@ class Trainer:
                               f"the {cfg.strategy} strategy; the batch size is global (each replica gets "
                               f"batch_size / replicas), so use a multiple of {self.replicas}")
         self.chief = is_chief(self.strategy)
-        self.source = classification.load_source(cfg)
-        classes = cfg.classes or self.source.num_classes
-        if classes < self.source.num_classes:
-            raise ConfigError(f"--classes={classes} is smaller than the {self.source.num_classes} classes of "
-                              f"{self.source.name}")
-        self.classes = classes
-        self.image_size = cfg.image_size or self.spec.input_size
-        self.input_shape = (self.image_size, self.image_size, self.spec.input_channels)
-        self.spec.check_input_shape(self.input_shape)
-        self.pipeline = classification.Pipeline(self.source, cfg, image_size=self.image_size,
-                                          channels=self.spec.input_channels, mean=self.spec.input_mean,
-                                          std=self.spec.input_std, num_classes=classes,
-                                          global_batch=cfg.batch_size)
-        if cfg.steps_per_epoch:
-            self.steps_per_epoch = cfg.steps_per_epoch
-        elif self.source.train_examples is None:
-            raise ConfigError(f"{self.source.name} does not say how many training examples it has; pass "
-                              "--steps_per_epoch")
-        else:
-            self.steps_per_epoch = self.source.train_examples // cfg.batch_size
-            if self.steps_per_epoch < 1:
-                raise ConfigError(f"{self.source.name} has {self.source.train_examples} training examples, fewer "
-                                  f"than one global batch of {cfg.batch_size}; lower --batch_size")
+        self.task.setup(self.strategy)
+        self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.peak_lr = cfg.peak_learning_rate()
         warmup = min(self.total_steps, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
         self.schedule = WarmupSchedule(self.peak_lr, warmup, self.total_steps, cfg.schedule, cfg.min_learning_rate)
         self.warmup_steps = warmup
 
+    def _steps_per_epoch(self) -> int:
+        cfg, examples, name = self.cfg, self.task.train_examples, self.task.data_name
+        if cfg.steps_per_epoch:
+            return cfg.steps_per_epoch
+        if examples is None:
+            raise ConfigError(f"{name} does not say how many training examples it has; pass --steps_per_epoch")
+        if examples < cfg.batch_size:
+            raise ConfigError(f"{name} has {examples} training examples, fewer than one global batch of "
+                              f"{cfg.batch_size}; lower --batch_size")
+        return examples // cfg.batch_size
+
     def _check_model_dir(self):
-        resolved = self.cfg.replace(image_size=self.image_size, steps_per_epoch=self.steps_per_epoch)
+        resolved_keys = {**self.task.resolved(), "steps_per_epoch": self.steps_per_epoch}
+        resolved = self.cfg.replace(**resolved_keys)
+        fingerprint = json.loads(json.dumps(self.task.fingerprint()))
         spec_path = self.model_dir / "spec.json"
         cfg_path = self.model_dir / "config.json"
         if spec_path.is_file() and (self.model_dir / "checkpoints").is_dir():
             old = json.loads(spec_path.read_text(encoding="utf-8"))
-            if old != self.spec.to_dict():
+            if old != fingerprint:
                 raise ConfigError(f"--model_dir={self.model_dir} holds a run of a different architecture "
                                   f"({old.get('name')!r}, see its spec.json); use a new --model_dir to train "
-                                  f"{self.spec.name!r}")
+                                  f"{self.task.model_name!r}")
             if cfg_path.is_file():
-                before = json.loads(cfg_path.read_text(encoding="utf-8"))
-                for key in RESUME_FIXED:
-                    was, now = before.get(key), getattr(resolved, key)
-                    if key not in before or was == now or (key in RESOLVED and was is None):
-                        continue   # (None under RESOLVED: a config.json written before they were resolved)
-                    how = (" (as resolved from the flag, else the model or the data)" if key in RESOLVED else "")
-                    raise ConfigError(f"cannot resume {self.model_dir}: --{key} was {was!r}, now {now!r}{how}; "
-                                      f"use the same value or a new --model_dir")
+                self._check_resume_settings(json.loads(cfg_path.read_text(encoding="utf-8")), resolved,
+                                            resolved_keys)
         if self.chief:
             fileio.write_text(cfg_path, resolved.to_json())
-            fileio.write_text(spec_path, self.spec.to_json())
+            fileio.write_text(spec_path, json.dumps(fingerprint, indent=1) + "\n")
+
+    def _check_resume_settings(self, before: Dict[str, Any], resolved: TrainConfig, resolved_keys) -> None:
+        for key in RESUME_FIXED:
+            was, now = before.get(key), getattr(resolved, key)
+            if key not in before or was == now or (key in resolved_keys and was is None):
+                continue   # (None for a resolved key: a config.json written before it was resolved)
+            how = " (as resolved from the flag, else the model or the data)" if key in resolved_keys else ""
+            raise ConfigError(f"cannot resume {self.model_dir}: --{key} was {was!r}, now {now!r}{how}; "
+                              f"use the same value or a new --model_dir")
 
     def _build(self):
         cfg = self.cfg
@@ -308,18 +280,19 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         keras.mixed_precision.set_global_policy(_POLICIES[cfg.dtype])
         with self.strategy.scope():
-            self.model = create_model(self.spec, self.input_shape, classes=self.classes,
-                                      classifier_activation=None, seed=cfg.seed)
-            tvars = self.model.trainable_variables
+            model = self.task.build_model()
+            for transform in self.transforms:
+                model = transform.apply(model)
+            self.model = model
+            tvars = model.trainable_variables
             self.optimizer = make_optimizer(cfg, self.schedule, tvars)
             self.optimizer.build(tvars)   # slots exist before restore, so they are restored, not deferred
-            self.train_loss = keras.metrics.Mean("train_loss")
-            self.train_acc = keras.metrics.CategoricalAccuracy("train_accuracy")
-            self.eval_loss = keras.metrics.Mean("eval_loss")
-            self.eval_acc = keras.metrics.CategoricalAccuracy("eval_accuracy")
-            self.eval_top5 = keras.metrics.TopKCategoricalAccuracy(min(5, self.classes), "eval_top5")
+            self.train_metrics = [keras.metrics.Mean(LOSS)] + list(self.task.build_metrics(True))
+            self.eval_metrics = [keras.metrics.Mean(LOSS)] + list(self.task.build_metrics(False))
+        self._check_names()
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step_var)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step_var,
+                                              train_metrics=self.train_metrics)
         ckpt_dir = self.model_dir / "checkpoints"
         if not self.chief:
             ckpt_dir = self.model_dir / f".worker_{self.strategy.cluster_resolver.task_id}"
@@ -328,54 +301,77 @@ class Trainer:
         self.decay_vars = [v for v in tvars if is_decayed(v)] if (
             cfg.weight_decay > 0 and cfg.weight_decay_mode == "l2") else []
 
+    def _check_names(self) -> None:
+        for metrics in (self.train_metrics, self.eval_metrics):
+            names = [m.name for m in metrics]
+            if len(set(names)) != len(names):
+                raise TaskError(f"task {self.task.name!r}: metric names must be unique and not {LOSS!r} (the "
+                                f"loop's), got {', '.join(names[1:])}")
+        names = [t.name for t in self.transforms]
+        if len(set(names)) != len(names):
+            raise TaskError(f"transform names must be unique, got {', '.join(names)}")
+
     def _restore(self) -> int:
         latest = self.manager.latest_checkpoint
         if not latest:
             return 0
+        core = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step_var)
         try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            core.restore(latest).expect_partial().assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as err:
             raise ConfigError(f"cannot resume from {latest}: it does not match this model/optimizer "
                               f"({str(err).splitlines()[0][:200]}); use a new --model_dir") from None
+        if any(name.startswith("train_metrics/") for name, _ in tf.train.list_variables(latest)):
+            tf.train.Checkpoint(train_metrics=self.train_metrics).restore(latest).expect_partial()
         return int(self.step_var.numpy())
 
     # -- steps --
 
-    def _make_steps(self):
-        cfg, model, opt, strategy = self.cfg, self.model, self.optimizer, self.strategy
-        smooth = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing,
-                                                      reduction=keras.losses.Reduction.NONE)
-        plain = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=keras.losses.Reduction.NONE)
-        batch = cfg.batch_size
-        f16 = cfg.dtype == "float16"
-        extra = self.extra_losses
-        decay_vars = self.decay_vars
-        wd = cfg.weight_decay
-        clip = cfg.clip_grad_norm
+    def _regularizers(self) -> Dict[str, Any]:
+        """Loss terms over the weights: transforms', L2 weight decay, the model's own losses."""
+        model, terms = self.model, {}
+        for transform in self.transforms:
+            term = transform.loss(model)
+            if term is not None:
+                terms[transform.name] = tf.cast(term, tf.float32)
+        if self.decay_vars:
+            terms["weight_decay"] = self.cfg.weight_decay * 0.5 * tf.add_n(
+                [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in self.decay_vars])
+        if model.losses:
+            terms["model_losses"] = tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+        return terms
 
-        def forward_backward(images, labels):
+    def _update_loss(self, metric, loss, features) -> None:
+        """Mean over examples of a loss given as this replica's share of the global batch's mean."""
+        examples = tf.cast(tf.shape(tf.nest.flatten(features)[0])[0], tf.float32)
+        metric.update_state(tf.math.divide_no_nan(loss * self.cfg.batch_size, examples), sample_weight=examples)
+
+    def _make_steps(self):
+        cfg, task, model, opt, strategy = self.cfg, self.task, self.model, self.optimizer, self.strategy
+        f16 = cfg.dtype == "float16"
+        clip = cfg.clip_grad_norm
+        replicas = float(self.replicas)
+
+        def forward_backward(features, labels):
             tvars = model.trainable_variables
             with tf.GradientTape() as tape:
-                logits = tf.cast(model(images, training=True), tf.float32)
-                per_example = smooth(labels, logits)
-                ce = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
-                terms = {name: tf.cast(fn(model), tf.float32) for name, fn in extra.items()}
-                if decay_vars:
-                    terms["weight_decay"] = wd * 0.5 * tf.add_n(
-                        [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in decay_vars])
-                if model.losses:
-                    terms["model_losses"] = tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
-                total = ce + (tf.nn.scale_regularization_loss(tf.add_n(list(terms.values()))) if terms else 0.0)
+                outputs = task.forward(model, features, labels, training=True)
+                loss, logged = task.build_losses(labels, outputs, model, training=True)
+                regs = self._regularizers()
+                clash = (set(logged) & set(regs)) | ({LOSS, "grad_norm"} & (set(logged) | set(regs)))
+                if clash:
+                    raise TaskError(f"log names used twice (task terms, transforms, loop): {', '.join(sorted(clash))}")
+                total = loss + (tf.nn.scale_regularization_loss(tf.add_n(list(regs.values()))) if regs else 0.0)
                 scaled = opt.get_scaled_loss(total) if f16 else total
             grads = tape.gradient(scaled, tvars)
             grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, tvars)]
-            return grads, logits, per_example, ce, total, terms
+            return grads, outputs, loss, total, logged, regs
 
         if cfg.xla:
             forward_backward = tf.function(forward_backward, jit_compile=True)
 
-        def replica_step(images, labels):
-            grads, logits, per_example, ce, total, terms = forward_backward(images, labels)
+        def replica_step(features, labels):
+            grads, outputs, loss, total, logged, regs = forward_backward(features, labels)
             grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
             if f16:
                 grads = opt.get_unscaled_gradients(grads)
@@ -383,28 +379,33 @@ class Trainer:
             if clip:
                 grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
             opt.apply_gradients(zip(grads, model.trainable_variables), skip_gradients_aggregation=True)
-            self.train_loss.update_state(per_example)
-            self.train_acc.update_state(labels, logits)
-            n = tf.cast(self.replicas, tf.float32)
-            out = {"loss": total, "ce": ce, "grad_norm": norm / n}
-            out.update({k: v / n for k, v in terms.items()})
+            self._update_loss(self.train_metrics[0], loss, features)
+            task.process_metrics(self.train_metrics[1:], labels, outputs)
+            out = {LOSS: total, **logged, "grad_norm": norm / replicas}
+            out.update({k: v / replicas for k, v in regs.items()})
             return out
 
         @tf.function
-        def train_step(images, labels):
-            per_replica = strategy.run(replica_step, args=(images, labels))
+        def train_step(features, labels):
+            per_replica = strategy.run(replica_step, args=(features, labels))
             self.step_var.assign_add(1)
             return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
-        def replica_eval(images, labels):
-            logits = tf.cast(model(images, training=False), tf.float32)
-            self.eval_loss.update_state(plain(labels, logits))
-            self.eval_acc.update_state(labels, logits)
-            self.eval_top5.update_state(labels, logits)
+        aggregates = task.aggregates
+
+        def replica_eval(features, labels):
+            outputs = task.forward(model, features, labels, training=False)
+            loss, _ = task.build_losses(labels, outputs, model, training=False)
+            self._update_loss(self.eval_metrics[0], loss, features)
+            task.process_metrics(self.eval_metrics[1:], labels, outputs)
+            return (labels, outputs) if aggregates else None
 
         @tf.function(reduce_retracing=True)
-        def eval_step(images, labels):
-            strategy.run(replica_eval, args=(images, labels))
+        def eval_step(features, labels):
+            result = strategy.run(replica_eval, args=(features, labels))
+            if aggregates:
+                return tf.nest.map_structure(lambda v: strategy.gather(v, axis=0), result)
+            return None
 
         @tf.function
         def weights_finite():
@@ -416,12 +417,22 @@ class Trainer:
     # -- loop --
 
     def evaluate(self) -> Dict[str, float]:
-        for m in (self.eval_loss, self.eval_acc, self.eval_top5):
+        """One pass over the task's evaluation inputs: ``eval_<metric>`` values (aggregated ones too)."""
+        task = self.task
+        for m in self.eval_metrics:
             m.reset_state()
-        for images, labels in self.strategy.experimental_distribute_dataset(self.pipeline.eval()):
-            self.eval_step(images, labels)
-        return {"eval_loss": float(self.eval_loss.result()), "eval_accuracy": float(self.eval_acc.result()),
-                "eval_top5": float(self.eval_top5.result())}
+        data = task.build_inputs(training=False)
+        if self.cfg.eval_steps:
+            data = data.take(self.cfg.eval_steps)
+        state = None
+        for features, labels in self.strategy.experimental_distribute_dataset(data):
+            out = self.eval_step(features, labels)
+            if task.aggregates:
+                state = task.aggregate_logs(state, *tf.nest.map_structure(lambda t: t.numpy(), out))
+        row = {f"eval_{m.name}": float(m.result()) for m in self.eval_metrics}
+        if task.aggregates:
+            row.update({f"eval_{k}": float(v) for k, v in task.reduce_aggregated_logs(state).items()})
+        return row
 
     def _save(self, step: int) -> None:
         if not bool(self.weights_finite()):
@@ -437,9 +448,16 @@ class Trainer:
                f"saved; {where}. Lower --learning_rate, set --clip_grad_norm, or check the input data.")
         raise NonFiniteLossError(msg, step, latest)
 
+    def columns(self, rows: Sequence[Dict[str, Any]] = ()) -> List[str]:
+        """metrics.csv's columns: epoch, step, learning_rate, train_/eval_<metric>, aggregated ones, seconds."""
+        fixed = (["epoch", "step", "learning_rate"] + [f"train_{m.name}" for m in self.train_metrics]
+                 + [f"eval_{m.name}" for m in self.eval_metrics])
+        extra = [k for r in rows for k in r if k not in fixed and k != "seconds"]
+        return fixed + list(dict.fromkeys(extra)) + ["seconds"]
+
     def _write_csv(self, rows: List[Dict[str, Any]]) -> None:
         buf = _io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(buf, fieldnames=self.columns(rows), extrasaction="ignore")
         writer.writeheader()
         writer.writerows([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
         fileio.write_text(self.model_dir / "metrics.csv", buf.getvalue())
@@ -454,7 +472,7 @@ class Trainer:
         out = []
         for r in rows:
             try:
-                row = {k: (float(v) if v not in ("", None) else None) for k, v in r.items() if k in CSV_COLUMNS}
+                row = {k: (float(v) if v not in ("", None) else None) for k, v in r.items() if k}
                 row["epoch"], row["step"] = int(row["epoch"]), int(row["step"])
             except (KeyError, TypeError, ValueError):
                 continue
@@ -464,31 +482,29 @@ class Trainer:
 
     def _describe(self, start: int) -> None:
         cfg, log = self.cfg, self.log
-        prof = profile_spec(self.spec, self.input_shape, classes=self.classes)
         try:
             devices = ", ".join(sorted({d.rsplit("device:", 1)[-1] for d in self.strategy.extended.worker_devices}))
         except RuntimeError:   # the default strategy
             devices = "the default device"
-        log(f"model {self.spec.name}: {fmt_count(prof.params)} params, {fmt_count(prof.macs)} MACs at "
-            f"{self.image_size}x{self.image_size}, {self.classes} classes, dtype {cfg.dtype}"
+        for line in self.task.describe():
+            log(line)
+        log(f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs = {self.total_steps} steps; dtype {cfg.dtype}"
             + (", XLA" if cfg.xla else ""))
-        log(f"data {self.source.description}; {self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs = "
-            f"{self.total_steps} steps")
         log(f"strategy {cfg.strategy}: {self.replicas} replica(s) on {devices}; global batch {cfg.batch_size} = "
             f"{self.replicas} x {cfg.batch_size // self.replicas} per replica")
         scaling = (f"{cfg.learning_rate:g} per {cfg.lr_reference_batch} x {cfg.batch_size}/{cfg.lr_reference_batch}"
                    if cfg.lr_scaling else "unscaled")
         log(f"optimizer {cfg.optimizer}, peak lr {self.peak_lr:.4g} ({scaling}), {cfg.schedule} after "
             f"{self.warmup_steps} warm-up steps; weight decay {cfg.weight_decay:g} ({cfg.weight_decay_mode}); "
-            f"label smoothing {cfg.label_smoothing:g}; augment {cfg.augment}; mixup {cfg.mixup:g} cutmix "
-            f"{cfg.cutmix:g}; EMA {'%g' % cfg.ema_decay if cfg.ema else 'off'}")
+            f"EMA {'%g' % cfg.ema_decay if cfg.ema else 'off'}")
+        if self.transforms:
+            log(f"transforms: {', '.join(t.name for t in self.transforms)}")
         if start:
             log(f"resumed from {self.manager.latest_checkpoint} at step {start} (epoch {start // self.steps_per_epoch}"
                 f" + {start % self.steps_per_epoch} steps)")
 
     def run(self) -> RunResult:
         """Train (or resume) to the configured number of epochs; returns the final metrics."""
-        cfg = self.cfg
         self._setup()
         self._check_model_dir()
         try:
@@ -502,7 +518,6 @@ class Trainer:
             keras.mixed_precision.set_global_policy("float32")
 
     def _loop(self, start: int) -> RunResult:
-        cfg, log = self.cfg, self.log
         writers = {}
         if self.chief:
             writers = {k: tf.summary.create_file_writer(str(self.model_dir / "tensorboard" / k))
@@ -512,47 +527,11 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         stopped: Optional[str] = None
-        ckpt_every = cfg.checkpoint_every or self.steps_per_epoch
         try:
-            step = start
-            first_epoch = start // self.steps_per_epoch
-            for epoch in range(first_epoch, cfg.epochs):
-                skip = (step - epoch * self.steps_per_epoch) * cfg.batch_size
-                self.train_loss.reset_state()
-                self.train_acc.reset_state()
-                t0, seen = time.time(), 0
-                dist = self.strategy.experimental_distribute_dataset(self.pipeline.train(epoch, skip))
-                for images, labels in dist:
-                    out = self.train_step(images, labels)
-                    step += 1
-                    self.step = step
-                    logs = {k: float(v) for k, v in out.items()}
-                    seen += cfg.batch_size
-                    for key in ("loss", "grad_norm"):
-                        if not math.isfinite(logs[key]) and not (key == "grad_norm" and cfg.dtype == "float16"):
-                            self._nonfinite(step, "loss" if key == "loss" else "gradient norm", logs[key])
-                    logs["learning_rate"] = float(self.schedule(step - 1))   # the rate this step used
-                    if step % ckpt_every == 0 or step == self.total_steps:
-                        self._save(step)
-                    if step % cfg.log_every == 0 or step == self.total_steps:
-                        self._log_step(step, epoch, logs, seen / max(time.time() - t0, 1e-9))
-                    for cb in self.callbacks:
-                        cb.on_step_end(self, step, logs)
-                    if step >= (epoch + 1) * self.steps_per_epoch:
-                        break
-                row = {"epoch": epoch + 1, "step": step, "learning_rate": logs["learning_rate"],
-                       "train_loss": float(self.train_loss.result()),
-                       "train_accuracy": float(self.train_acc.result()), "seconds": round(time.time() - t0, 2)}
-                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    row.update(self.evaluate())
-                history.append(row)
-                self._log_epoch(row)
-                if self.chief:
-                    self._write_csv(history)
-                for cb in self.callbacks:
-                    cb.on_epoch_end(self, epoch + 1, row)
+            for epoch in range(start // self.steps_per_epoch, self.cfg.epochs):
+                self._epoch(epoch, history)
             if start >= self.total_steps:
-                log(f"{self.model_dir} is already trained to step {start}; exporting the final model again")
+                self.log(f"{self.model_dir} is already trained to step {start}; exporting the final model again")
             return self._finish(start, history)
         except NonFiniteLossError as err:
             stopped = str(err)
@@ -566,76 +545,112 @@ class Trainer:
             for w in writers.values():
                 w.flush()
 
+    def _epoch(self, epoch: int, history: List[Dict[str, Any]]) -> None:
+        cfg, step = self.cfg, self.step
+        done = step - epoch * self.steps_per_epoch
+        if not done:   # a resumed epoch keeps the running metrics restored with its checkpoint
+            for m in self.train_metrics:
+                m.reset_state()
+        t0, seen = time.time(), 0
+        ckpt_every = cfg.checkpoint_every or self.steps_per_epoch
+        data = self.task.build_inputs(training=True, epoch=epoch, skip=done * cfg.batch_size)
+        for features, labels in self.strategy.experimental_distribute_dataset(data):
+            logs = {k: float(v) for k, v in self.train_step(features, labels).items()}
+            step = self.step = step + 1
+            seen += cfg.batch_size
+            for key in (LOSS, "grad_norm"):
+                if not math.isfinite(logs[key]) and not (key == "grad_norm" and cfg.dtype == "float16"):
+                    self._nonfinite(step, "loss" if key == LOSS else "gradient norm", logs[key])
+            logs["learning_rate"] = float(self.schedule(step - 1))   # the rate this step used
+            if step % ckpt_every == 0 or step == self.total_steps:
+                self._save(step)
+            if step % cfg.log_every == 0 or step == self.total_steps:
+                self._log_step(step, epoch, logs, seen / max(time.time() - t0, 1e-9))
+            for cb in self.callbacks:
+                cb.on_step_end(self, step, logs)
+            if step >= (epoch + 1) * self.steps_per_epoch:
+                break
+        row = {"epoch": epoch + 1, "step": step, "learning_rate": logs["learning_rate"],
+               **{f"train_{m.name}": float(m.result()) for m in self.train_metrics},
+               "seconds": round(time.time() - t0, 2)}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            row.update(self.evaluate())
+        history.append(row)
+        self._log_epoch(row)
+        if self.chief:
+            self._write_csv(history)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch + 1, row)
+
     def _log_step(self, step: int, epoch: int, logs: Dict[str, float], rate: float) -> None:
-        extras = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k not in ("loss", "learning_rate"))
-        self.log(f"step {step}/{self.total_steps} (epoch {epoch + 1}/{self.cfg.epochs}) loss {logs['loss']:.4f} "
+        extras = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k not in (LOSS, "learning_rate"))
+        self.log(f"step {step}/{self.total_steps} (epoch {epoch + 1}/{self.cfg.epochs}) loss {logs[LOSS]:.4f} "
                  f"{extras} lr {logs['learning_rate']:.3g} | {rate:.0f} img/s")
         if self.train_writer is not None:
             with self.train_writer.as_default(step=step):
                 for k, v in logs.items():
                     tf.summary.scalar(k, v)
-                tf.summary.scalar("accuracy", float(self.train_acc.result()))
+                for m in self.train_metrics[1:]:
+                    if m.name not in logs:
+                        tf.summary.scalar(m.name, float(m.result()))
+
+    def _format(self, row: Dict[str, Any], prefix: str) -> str:
+        """``loss 0.1234 accuracy 56.78% ...`` for the ``prefix``_ columns of ``row``."""
+        parts = []
+        for key in self.columns([row]):
+            if key.startswith(prefix):
+                name, value = key[len(prefix):], row.get(key)
+                shown = ("-" if value is None else f"{100 * value:.2f}%" if name in self.task.percent
+                         else f"{value:.4f}")
+                parts.append(f"{name} {shown}")
+        return " ".join(parts)
 
     def _log_epoch(self, row: Dict[str, Any]) -> None:
-        def f(key, pct=False):
-            v = row.get(key)
-            return "-" if v is None else (f"{100 * v:.2f}%" if pct else f"{v:.4f}")
-        self.log(f"epoch {row['epoch']}/{self.cfg.epochs} step {row['step']}: train loss {f('train_loss')} acc "
-                 f"{f('train_accuracy', True)} | eval loss {f('eval_loss')} acc {f('eval_accuracy', True)} top5 "
-                 f"{f('eval_top5', True)} | {row['seconds']}s")
-        if self.chief:
-            with self.eval_writer.as_default(step=row["step"]):
-                for key in ("eval_loss", "eval_accuracy", "eval_top5"):
-                    if row.get(key) is not None:
-                        tf.summary.scalar(key.replace("eval_", "epoch_"), row[key])
-            if self.train_writer is not None and row.get("train_loss") is not None:
-                with self.train_writer.as_default(step=row["step"]):
-                    tf.summary.scalar("epoch_loss", row["train_loss"])
-                    tf.summary.scalar("epoch_accuracy", row["train_accuracy"])
+        self.log(f"epoch {row['epoch']}/{self.cfg.epochs} step {row['step']}: train {self._format(row, 'train_')} | "
+                 f"eval {self._format(row, 'eval_')} | {row['seconds']}s")
+        if not self.chief:
+            return
+        for prefix, writer in (("train_", self.train_writer), ("eval_", self.eval_writer)):
+            values = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and v is not None}
+            if values:
+                with writer.as_default(step=row["step"]):
+                    for name, value in values.items():
+                        tf.summary.scalar(f"epoch_{name}", value)
 
     def _finish(self, start: int, history: List[Dict[str, Any]]) -> RunResult:
-        cfg = self.cfg
+        cfg, task = self.cfg, self.task
         if self.manager.latest_checkpoint is None or int(self.step_var.numpy()) != self._latest_step():
             self._save(int(self.step_var.numpy()))
-        final = {}
         if cfg.ema:
             with self.strategy.scope():
                 opt = getattr(self.optimizer, "inner_optimizer", self.optimizer)
                 opt.finalize_variable_values(self.model.trainable_variables)
             self.log("final weights: the exponential moving average (EMA)")
-        if cfg.ema or not history or history[-1].get("eval_accuracy") is None:
+        if cfg.ema or not history or history[-1].get(f"eval_{LOSS}") is None:
             final = self.evaluate()
         else:
-            final = {k: history[-1][k] for k in ("eval_loss", "eval_accuracy", "eval_top5")}
-        result = RunResult(str(self.model_dir), self.spec, int(self.step_var.numpy()), self.total_steps, cfg.epochs,
-                           final, history, start)
+            final = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
+        result = RunResult(str(self.model_dir), task.model_name, int(self.step_var.numpy()), self.total_steps,
+                           cfg.epochs, final, history, start)
         if self.chief:
-            result.model_path = str(self.export())
-            prof = profile_spec(self.spec, self.input_shape, classes=self.classes)
-            record = dict(result.to_dict(), params=prof.params, macs=prof.macs, image_size=self.image_size,
-                          classes=self.classes, dataset=self.source.name, global_batch=cfg.batch_size,
+            keras.mixed_precision.set_global_policy("float32")
+            path = task.export(self.model, self.model_dir)
+            result.model_path = None if path is None else str(path)
+            for transform in self.transforms:
+                transform.export(self.model, self.model_dir)
+            record = dict(result.to_dict(), **task.result_fields(), global_batch=cfg.batch_size,
                           replicas=self.replicas)
             fileio.write_text(self.model_dir / "results.json", json.dumps(record, indent=1) + "\n")
-        self.log(f"done: step {result.steps}, held-out accuracy {100 * final.get('eval_accuracy', float('nan')):.2f}%"
-                 f" (loss {final.get('eval_loss', float('nan')):.4f}); model {result.model_path}")
+        self.log(f"done: step {result.steps}, held-out {self._format(final, 'eval_')}; model {result.model_path}")
         return result
 
     def _latest_step(self) -> int:
         latest = self.manager.latest_checkpoint
         return int(latest.rsplit("-", 1)[-1]) if latest else -1
 
-    def export(self) -> Path:
-        """Save the trained weights as a float32 softmax model (``model.keras``) plus its spec."""
-        keras.mixed_precision.set_global_policy("float32")
-        final = create_model(self.spec, self.input_shape, classes=self.classes, seed=self.cfg.seed)
-        final.set_weights(self.model.get_weights())
-        path = self.model_dir / "model.keras"
-        with fileio.atomic_path(path, suffix=".keras") as tmp:
-            final.save(tmp)
-        self.spec.save(self.model_dir / "model.spec.json")
-        return path
 
-
-def train(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, **kwargs) -> RunResult:
-    """Run (or resume) training as configured; see ``Trainer``."""
-    return Trainer(cfg, spec, **kwargs).run()
+def train(cfg: TrainConfig, spec=None, *, transforms: Sequence[ModelTransform] = (),
+          callbacks: Sequence[Callback] = (), log: Callable[[str], None] = print) -> RunResult:
+    """Run (or resume) the task --task names (default classification) on ``spec`` (None: --model's)."""
+    from ran_keras.tasks import make_task
+    return Trainer(cfg, make_task(cfg, spec), transforms, callbacks, log).run()
