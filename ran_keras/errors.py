@@ -35,6 +35,10 @@ class UnknownModelError(RanError, KeyError):
         return self.message
 
 
+class ConfigError(RanError, ValueError):
+    """A training/search setting that is out of range or inconsistent (names the flag)."""
+
+
 class InputShapeError(RanError, ValueError):
     """An input shape the network cannot take."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Dict, List, Union
 
-from ran_keras.errors import close_matches
+from ran_keras.errors import ConfigError, close_matches
 
 TASKS: Dict[str, Union[str, type]] = {
     "classification": "ran_keras.tasks.classification:ClassificationTask",
@@ -28,7 +28,6 @@ def register_task(name: str, cls: Union[str, type]) -> None:
 def check_task(name: str) -> str:
     """``name`` if registered, else ConfigError naming --task and the accepted names."""
     if name not in TASKS:
-        from ran_keras.train.config import ConfigError
         raise ConfigError(f"--task: unknown task {name!r}{close_matches(name, TASKS)}; accepted: "
                           f"{', '.join(TASKS)}")
     return name

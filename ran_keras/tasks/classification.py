@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ran_keras import fileio
-from ran_keras.analysis.profile import profile_spec
+from ran_keras.analysis.profiler import profile_spec
 from ran_keras.backend import keras, tf
 from ran_keras.data import classification as data
 from ran_keras.registry import create_model

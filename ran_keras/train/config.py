@@ -18,11 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ran_keras.errors import RanError, close_matches
-
-
-class ConfigError(RanError, ValueError):
-    """A training/search setting that is out of range or inconsistent (names the flag)."""
+from ran_keras.errors import ConfigError, close_matches
 
 
 def _f(default: Any, help: str, choices: Optional[Tuple[Any, ...]] = None, group: str = "train"):
