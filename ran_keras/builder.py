@@ -21,10 +21,12 @@ from ran_keras.spec import NetworkSpec, with_activation
 
 
 class _Initializers:
-    """Kernel initialisers; with a seed, each layer gets its own derived seed (reproducible)."""
+    """Kernel initialisers of a spec's ``weight_init``; with a seed, each layer gets its own derived
+    seed (reproducible)."""
 
-    def __init__(self, seed: Optional[int]):
+    def __init__(self, seed: Optional[int], scheme: str = "he_fan_out"):
         self.seed = seed
+        self.scheme = scheme
         self.count = 0
 
     def _next(self) -> Optional[int]:
@@ -34,9 +36,13 @@ class _Initializers:
         return (self.seed * 1_000_003 + self.count) % (2 ** 31 - 1)
 
     def conv(self):
+        if self.scheme == "trunc_normal_0.02":
+            return keras.initializers.RandomNormal(0.0, 0.02, seed=self._next())
         return keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal", seed=self._next())
 
     def dense(self):
+        if self.scheme == "trunc_normal_0.02":
+            return keras.initializers.RandomNormal(0.0, 0.02, seed=self._next())
         return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform", seed=self._next())
 
 
@@ -48,7 +54,7 @@ class BuildContext:
         self.spec = spec
         self.layers = keras.layers
         self.shared: Dict[str, Any] = {}
-        self._init = _Initializers(seed)
+        self._init = _Initializers(seed, spec.weight_init)
 
     def conv_init(self):
         return self._init.conv()
