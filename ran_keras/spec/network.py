@@ -398,6 +398,18 @@ class NetworkSpec:
         return dataclasses.replace(self, **changes)
 
 
+def sidecar_path(model_path: Union[str, Path]) -> Path:
+    """Where the spec of a saved model file lives: ``x.keras`` / ``x.tflite`` -> ``x.spec.json``
+    (written by training, ``ran weights import`` and ``ran export``)."""
+    return Path(model_path).with_suffix(".spec.json")
+
+
+def load_sidecar(model_path: Union[str, Path]) -> Optional["NetworkSpec"]:
+    """The spec beside a saved model file (``sidecar_path``), or None when there is none."""
+    path = sidecar_path(model_path)
+    return NetworkSpec.load(path) if path.is_file() else None
+
+
 def _check_number(key: str, value: Any, ok: Callable[[float], bool], what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
         raise SpecError(key, f"must be a number {what}, got {value!r}")
