@@ -16,6 +16,7 @@ COMMANDS = [
     "ran_keras.cli.train",
     "ran_keras.cli.fold",
     "ran_keras.cli.weights",
+    "ran_keras.cli.evaluate",
 ]
 
 

@@ -99,6 +99,7 @@ def cmd_import(args) -> int:
     spec = importer.adapt_spec(spec, src)
     classes = args.classes or src.classes or 1000
     size = args.input_size or spec.input_size
+    spec = spec.replace(input_size=size)
     from ran_keras.builder import build_model
     model = build_model(spec, (size, size, spec.input_channels), classes=classes,
                         include_top=not args.backbone_only, weights=src)
