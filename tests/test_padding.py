@@ -101,3 +101,11 @@ def test_weight_init_follows_the_spec():
     resnet = ran_keras.create_model("resnet18", input_shape=(32, 32, 3), seed=0)
     conv = resnet.get_layer("resnet18_stage3_block1_conv2").kernel.numpy()  # He fan-out: var 2 / (9 * 256), truncated
     assert conv.std() == pytest.approx(np.sqrt(2 / (9 * 256)), rel=0.05)
+
+
+def test_ran_e_stem_is_the_references():
+    """No bias (16 params fewer than before issue 14) and ImageNet mean/std, as ARM-software's RAN_e."""
+    spec = ran_keras.get_spec("ran_e_c")
+    prof = profile_spec(spec)
+    assert (prof.params, prof.trainable_params) == (4_673_272, 4_634_872)
+    assert spec.stem[0].bias is False and spec.input_mean == (123.675, 116.28, 103.53)

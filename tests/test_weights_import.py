@@ -86,6 +86,12 @@ def test_published_files_are_checked(ranI_file, tmp_path, monkeypatch):
                                            r"but .* bytes.*allow_unpublished"):
         read_source(renamed, model="ran_i_tiny")
     assert "imported although" in read_source(renamed, model="ran_i_tiny", allow_unpublished=True).notes[0]
+    pointer = tmp_path / "pointer" / "RAN_i_Tiny_82.03.pth"  # what a clone without `git lfs pull` holds
+    pointer.parent.mkdir()
+    tiny = published.get("RAN-i-T").files[0]
+    pointer.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{tiny.sha256}\nsize {tiny.bytes}\n")
+    with pytest.raises(WeightsError, match="a git-lfs pointer file, not the weights .* run `git lfs pull`"):
+        read_source(pointer, model="ran_i_tiny")
     # the same bytes registered as the published file of another model: refused for ran_i_tiny, fine for it
     mine = published.PublishedFile("pretrained/x/ran_i_micro.pth", path.stat().st_size, published.sha256_file(path))
     monkeypatch.setattr(published, "PUBLISHED", published.PUBLISHED + (
@@ -156,7 +162,7 @@ def test_cli_import_writes_model_and_spec(ranI_file, micro_spec, tmp_path, capsy
     report = json.loads(capsys.readouterr().out)
     assert report["layout"] == "convnext" and report["entry"] == "model" and report["classes"] == 10
     model = load_model(out)
-    assert load_sidecar(out) == micro_spec and model.input_shape == (None, 32, 32, 3)
+    assert load_sidecar(out) == micro_spec.replace(input_size=32) and model.input_shape == (None, 32, 32, 3)
     np.testing.assert_array_equal(model.get_layer("cnx_micro_predictions").bias.numpy(), sd["head.bias"])
     bad = tmp_path / "bad.keras"
     assert main(["weights", "import", str(path), "--model", "convnext_tiny", "-o", str(bad)]) == 2

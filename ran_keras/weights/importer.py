@@ -151,28 +151,24 @@ def read_source(path, *, model: Optional[str] = None, layout: str = "auto", pref
                 allow_unpublished: bool = False) -> Source:
     """Read ``path`` for ``model`` (a registered name, for the published-file check): see the module docstring."""
     kind = source_kind(path)
+    src = Source(Path(path), kind, {}, LAYOUTS[0], files=_files(path, kind))
+    check_published(src, model, allow_unpublished)  # before reading: a pointer or a truncated file says so
     if kind == "pth":
-        arrays, entry, files = _read_pth(Path(path), prefer_ema)
+        from ran_keras.weights.pth import read_pth
+        src.arrays, src.entry = select_state_dict(read_pth(path).data, prefer_ema=prefer_ema)
     else:
-        arrays, entry, files = _read_tf(path)
-    chosen = _choose_layout(arrays, kind, layout, path)
-    src = Source(Path(path), kind, arrays, chosen, entry, files)
-    check_published(src, model, allow_unpublished)
+        from ran_keras.weights import tf_ckpt
+        src.arrays, src.entry = tf_ckpt.read_variables(tf_ckpt.resolve_prefix(path)), "tf-checkpoint"
+    src.layout = _choose_layout(src.arrays, kind, layout, path)
     return src
 
 
-def _read_pth(path: Path, prefer_ema: bool):
-    from ran_keras.weights.pth import read_pth
-    ckpt = read_pth(path)
-    state, entry = select_state_dict(ckpt.data, prefer_ema=prefer_ema)
-    return state, entry, (path,)
-
-
-def _read_tf(path):
+def _files(path, kind: str) -> Tuple[Path, ...]:
+    if kind == "pth":
+        return (Path(path),)
     from ran_keras.weights import tf_ckpt
     prefix = tf_ckpt.resolve_prefix(path)
-    files = tuple(Path(prefix + ending) for ending in _CKPT_ENDINGS if Path(prefix + ending).is_file())
-    return tf_ckpt.read_variables(prefix), "tf-checkpoint", files
+    return tuple(Path(prefix + ending) for ending in _CKPT_ENDINGS if Path(prefix + ending).is_file())
 
 
 def _choose_layout(arrays: Mapping[str, np.ndarray], kind: str, name: str, path) -> Layout:
