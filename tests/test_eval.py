@@ -145,3 +145,17 @@ def test_hwtable_on_an_imported_model(imported, tmp_path, capsys):
     assert main(["hwtable", "--models", str(imported), "--targets", "u55-128", "--input-size", "64",
                  "--jobs", "1", "--output-dir", str(tmp_path / "hw2")]) == 2
     assert "this table is at --input-size 64" in capsys.readouterr().err
+
+
+def test_hwtable_needs_the_spec_beside_a_saved_model(tmp_path):
+    from ran_keras.export import hwtable
+    from ran_keras.export.errors import ExportError
+    from ran_keras.export.settings import Settings
+    saved = tmp_path / "mine.keras"
+    saved.write_bytes(b"not read")
+    with pytest.raises(ExportError, match="mine.keras: ran hwtable needs the model's spec beside it .mine.spec.json"):
+        hwtable._plan(Settings(models=[str(saved)]))
+    spec = scale_width(ran_keras.get_spec("resnet18"), 0.125, name="mine")
+    spec.save(tmp_path / "mine.spec.json")
+    plan, _ = hwtable._plan(Settings(models=[str(saved)]))
+    assert [(label, s.name) for label, _, s in plan] == [("efficientnet_lite_b0", "efficientnet_lite_b0"), ("mine", "mine")]

@@ -13,6 +13,8 @@ few tenths of a point. Each recipe here reproduces one, as data (``Preprocessing
 * ``pil-resize-crop-bilinear``: torchvision's ImageNet recipe (ResNet): the same with bilinear.
 
 Pixels stay on the 0-255 scale; normalisation is the spec's (``ran_keras.data.photos.normalize``).
+numpy, PIL and TensorFlow are imported when an image is processed, so ``ran``'s start-up (which
+lists the recipes in ``ran eval --help``) stays light.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from typing import Dict
-
-import numpy as np
 
 from ran_keras.errors import RanError
 
@@ -67,14 +67,16 @@ def recipe_for(spec) -> Preprocessing:
     return RECIPES[FAMILY_RECIPES.get(getattr(spec, "family", ""), "tf-crop-bilinear")]
 
 
-def preprocess(data: bytes, size: int, recipe: Preprocessing) -> np.ndarray:
+def preprocess(data: bytes, size: int, recipe: Preprocessing):
     """An encoded image as (size, size, 3) float32 pixels in [0, 255], the recipe's way."""
     if recipe.order == "crop-resize":
         return _tf_crop_resize(data, size, recipe)
     return _pil_resize_crop(data, size, recipe)
 
 
-def _tf_crop_resize(data: bytes, size: int, recipe: Preprocessing) -> np.ndarray:
+def _tf_crop_resize(data: bytes, size: int, recipe: Preprocessing):
+    import numpy as np
+
     from ran_keras.backend import tf
     jpeg = data[:3] == b"\xff\xd8\xff"
     shape = tf.image.extract_jpeg_shape(data) if jpeg else tf.shape(_tf_decode(data))
@@ -97,7 +99,8 @@ def _tf_decode(data: bytes):
         raise PreprocessingError(f"cannot decode an image: {err.message.splitlines()[0]}") from None
 
 
-def _pil_resize_crop(data: bytes, size: int, recipe: Preprocessing) -> np.ndarray:
+def _pil_resize_crop(data: bytes, size: int, recipe: Preprocessing):
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
     try:
         image = Image.open(io.BytesIO(data)).convert("RGB")
