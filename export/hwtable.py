@@ -70,6 +70,7 @@ class ConvertJob:
     compare: bool
     tflite_path: str
     key: str
+    model_file: Optional[str] = None  # a saved Keras model to export instead of building the spec
 
     def cached(self) -> Optional[Dict[str, Any]]:
         """The stored export report when the .tflite on disk was made from exactly this job."""
@@ -108,7 +109,10 @@ def convert(job: ConvertJob) -> Dict[str, Any]:
     from ran_keras.spec import NetworkSpec
     spec = NetworkSpec.from_dict(job.spec)
     size = job.input_size
-    model = build_model(spec, (size, size, spec.input_channels), classes=job.classes, seed=job.seed)
+    if job.model_file is not None:
+        model = _load_saved(job)
+    else:
+        model = build_model(spec, (size, size, spec.input_channels), classes=job.classes, seed=job.seed)
     images, calib = cal.calibration_set(job.calibration, job.samples, size, spec=spec,
                                         channels=spec.input_channels, seed=job.seed)
     data = to_tflite(model, images, int8=True, per_channel=job.per_channel)
@@ -122,6 +126,19 @@ def convert(job: ConvertJob) -> Dict[str, Any]:
     fileio.write_text(path.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     report["seconds"] = time.perf_counter() - t0
     return report
+
+
+def _load_saved(job: ConvertJob):
+    """The saved Keras model of a job, checked against the table's input size and classes."""
+    from ran_keras.builder import load_model
+    from ran_keras.export.tflite import input_shape_of
+    model = load_model(job.model_file)
+    h, w, _ = input_shape_of(model)
+    classes = model.output_shape[-1] if len(model.output_shape) == 2 else None
+    if (h, w) != (job.input_size, job.input_size) or classes != job.classes:
+        raise ExportError(f"{job.model_file} has a {h}x{w} input and {classes} classes; this table is at "
+                          f"--input-size {job.input_size}, --classes {job.classes}")
+    return model
 
 
 def _worker_init(threads: int, log_dir: Optional[str] = None) -> None:
@@ -156,20 +173,30 @@ class Row:
 
 def _plan(settings: Settings) -> Tuple[List[Tuple[str, Any, Any]], str]:
     """[(label, model argument, spec)] for the models (the reference first when not listed) and the
-    reference label."""
+    reference label. A saved Keras model brings its spec from its ``x.spec.json`` sidecar."""
     from ran_keras.export.pipeline import resolve_model_arg
     specs = []
     seen = set()
     for ref in settings.models:
-        m = resolve_model_arg(ref, settings.activation, command="ran hwtable", keras=False)
+        m = resolve_model_arg(ref, settings.activation, command="ran hwtable")
         if m.label in seen:
             raise ExportError(f"model {ref!r} is listed twice")
         seen.add(m.label)
-        specs.append((m.label, ref, m.spec))
+        specs.append((m.label, ref, _saved_spec(m.path) if m.origin == "keras" else m.spec))
     reference = resolve_model_arg(REFERENCE, settings.activation)
     if reference.label not in seen:
         specs.insert(0, (reference.label, REFERENCE, reference.spec))
     return specs, reference.label
+
+
+def _saved_spec(path):
+    """The spec beside a saved Keras model (for its costs and input normalisation)."""
+    from ran_keras.spec import load_sidecar, sidecar_path
+    spec = load_sidecar(path)
+    if spec is None:
+        raise ExportError(f"{path}: ran hwtable needs the model's spec beside it ({sidecar_path(path).name}, written "
+                          "by `ran weights import` and by training); export it alone with `ran export` instead")
+    return spec
 
 
 def _paper(ref) -> Optional[Dict[str, Any]]:
@@ -200,11 +227,14 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
     jobs: List[ConvertJob] = []
     for label, ref, spec in plan:
         prof = profile_spec(spec, input_size=settings.input_size, classes=settings.classes)
-        rows[label] = Row(label, spec.name, spec.activation, prof.params, prof.macs, _paper(ref))
+        saved = _saved_file(ref)
+        rows[label] = Row(label, spec.name, spec.activation, prof.params, prof.macs, None if saved else _paper(ref))
         spec_dict = spec.to_dict()
+        key = cache_key(dict(spec_dict, saved_sha256=_sha256(Path(saved).read_bytes()) if saved else None),
+                        settings, versions)
         jobs.append(ConvertJob(label, spec_dict, settings.input_size, settings.classes, settings.seed,
                                settings.calibration, settings.samples, settings.per_channel, settings.compare,
-                               str(out / "tflite" / f"{label}.tflite"), cache_key(spec_dict, settings, versions)))
+                               str(out / "tflite" / f"{label}.tflite"), key, saved))
     n_models, n_targets = len(jobs), len(targets)
     say(f"hwtable: {n_models} models x {n_targets} targets ({', '.join(t.name for t in targets)}), "
         f"activation {settings.activation}, {settings.input_size}x{settings.input_size}, "
@@ -293,6 +323,11 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
             f"{m['label']} on {t} ({e['cpu_op_count']}): {', '.join(o['op'] for o in e['cpu_ops'])}"
             for m in doc["models"] for t, e in m["targets"].items() if e["cpu_ops"]), document=doc)
     return doc
+
+
+def _saved_file(ref) -> Optional[str]:
+    from ran_keras.export.pipeline import file_kind
+    return str(ref) if file_kind(ref) == "keras" else None
 
 
 def _export_entry(meta: Dict[str, Any]) -> Dict[str, Any]:

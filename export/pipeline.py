@@ -117,7 +117,7 @@ class ResolvedModel:
     model: Any                      # the tf_keras model
     label: str                      # name used in reports and file names
     origin: str                     # 'registered' | 'spec' | 'keras'
-    spec: Any = None                # NetworkSpec (None for a saved Keras model)
+    spec: Any = None                # NetworkSpec (a saved Keras model's: its X.spec.json sidecar, or None)
 
 
 def default_output(ref, activation: Optional[str] = None, int8: bool = True, folder=".") -> Path:
@@ -135,6 +135,7 @@ def resolve_model(ref, *, input_size: Optional[int] = None, classes: int = 1000,
     resolved = resolve_model_arg(ref, activation)
     if resolved.origin == "keras":
         from ran_keras.builder import load_model
+        from ran_keras.spec import load_sidecar
         model = load_model(resolved.path)
         if input_size is not None:
             from ran_keras.export.tflite import input_shape_of
@@ -142,7 +143,7 @@ def resolve_model(ref, *, input_size: Optional[int] = None, classes: int = 1000,
             if (h, w) != (input_size, input_size):
                 raise ExportError(f"{ref} was saved with a {h}x{w} input; --input-size {input_size} cannot "
                                   "change a saved model (rebuild it from its spec instead)")
-        return ResolvedModel(model, resolved.label, "keras")
+        return ResolvedModel(model, resolved.label, "keras", load_sidecar(resolved.path))
     spec = resolved.spec
     size = input_size or spec.input_size
     from ran_keras.builder import build_model
@@ -170,8 +171,10 @@ def export_model(ref, output=None, *, input_size: Optional[int] = None, classes:
                  progress=None) -> ExportResult:
     """Export ``ref`` to TFLite and check it; writes ``output`` atomically when given.
 
-    ``mean``/``std`` override the spec's input normalisation (needed for saved Keras models,
-    which carry none; the default there is 127.5/127.5, i.e. inputs in [-1, 1]).
+    ``mean``/``std`` override the spec's input normalisation. A saved Keras model uses the spec
+    beside it (``x.spec.json``, written by training and ``ran weights import``); without one the
+    default is 127.5/127.5, i.e. inputs in [-1, 1]. With ``output``, the spec (when known) is
+    written beside the .tflite too, for ``ran eval``.
     """
     from ran_keras.export.tflite import compare_with_keras, input_shape_of, to_tflite
     say = progress or (lambda msg: None)
@@ -207,6 +210,9 @@ def export_model(ref, output=None, *, input_size: Optional[int] = None, classes:
     }
     if output is not None:
         report["output"] = str(fileio.write_bytes(output, data))
+        if resolved.spec is not None:
+            from ran_keras.spec import sidecar_path
+            report["spec_file"] = str(resolved.spec.replace(input_size=h).save(sidecar_path(output)))
     say(f"exported {resolved.label}: {info.size_bytes / 1e6:.2f} MB, {len(info.ops)} ops "
         f"in {time.perf_counter() - t0:.1f} s")
     return ExportResult(data, info, report)

@@ -53,7 +53,7 @@ def to_tflite(model, calibration=None, *, int8: bool = True, per_channel: bool =
     Args:
       model: a single-input tf_keras model with a fixed (H, W, C) input.
       calibration: float32 images (N, H, W, C), already normalised for the model (e.g.
-        ``ran_keras.data.normalize(ran_keras.data.offline_photos(n, size), spec)``). None with
+        ``ran_keras.data.photos.normalize(ran_keras.data.photos.offline_photos(n, size), spec)``). None with
         int8=True uses 8 seeded uniform(-1, 1) images.
       int8: full-integer quantisation with int8 input and output (what Ethos-U runs); False gives
         an fp32 model.

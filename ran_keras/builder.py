@@ -18,13 +18,16 @@ from ran_keras import ir
 from ran_keras.backend import keras
 from ran_keras.errors import RanError, SpecError
 from ran_keras.spec import NetworkSpec, with_activation
+from ran_keras.weights import importer
 
 
 class _Initializers:
-    """Kernel initialisers; with a seed, each layer gets its own derived seed (reproducible)."""
+    """Kernel initialisers of a spec's ``weight_init``; with a seed, each layer gets its own derived
+    seed (reproducible)."""
 
-    def __init__(self, seed: Optional[int]):
+    def __init__(self, seed: Optional[int], scheme: str = "he_fan_out"):
         self.seed = seed
+        self.scheme = scheme
         self.count = 0
 
     def _next(self) -> Optional[int]:
@@ -34,9 +37,13 @@ class _Initializers:
         return (self.seed * 1_000_003 + self.count) % (2 ** 31 - 1)
 
     def conv(self):
+        if self.scheme == "trunc_normal_0.02":
+            return keras.initializers.RandomNormal(0.0, 0.02, seed=self._next())
         return keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal", seed=self._next())
 
     def dense(self):
+        if self.scheme == "trunc_normal_0.02":
+            return keras.initializers.RandomNormal(0.0, 0.02, seed=self._next())
         return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform", seed=self._next())
 
 
@@ -48,7 +55,7 @@ class BuildContext:
         self.spec = spec
         self.layers = keras.layers
         self.shared: Dict[str, Any] = {}
-        self._init = _Initializers(seed)
+        self._init = _Initializers(seed, spec.weight_init)
 
     def conv_init(self):
         return self._init.conv()
@@ -70,7 +77,11 @@ def build_model(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]
         H and W may be None, or at least the network's total stride.
       classes / include_top / classifier_activation / pooling: as in keras.applications.
       activation: replace every non-linear activation (not the AFRB PReLUs), e.g. 'relu6'.
-      weights: None (random initialisation) or the path of a weights file saved from this model.
+      weights: None (random initialisation), the path of a weights file saved from this model, or
+        foreign weights to import: a PyTorch ``.pth`` or a TF checkpoint (a path, checked against
+        Arm's published files, ``model_ema`` preferred), or a ``ran_keras.weights.importer.Source``
+        (``read_source`` with other options). Their layout's numerics (padding, BN epsilon, input
+        mean/std) are applied to the spec first; every weight must map (``mapping.MappingError``).
       seed: make the random initialisation reproducible.
       name: model name and layer-name prefix (default ``spec.name``).
       features_only: as timm's: the outputs are the stage outputs ``out_indices`` (default
@@ -89,9 +100,13 @@ def build_model(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]
     if out_indices is not None and not features_only:
         raise SpecError("out_indices", "only with features_only=True (it picks the stage outputs)")
     picked = spec.check_out_indices(out_indices) if features_only else ()
-    if weights is not None and not Path(weights).exists():
+    source = _foreign_source(weights, spec)
+    if source is not None:
+        spec = importer.adapt_spec(spec, source)
+    elif weights is not None and not Path(weights).exists():
         raise FileNotFoundError(f"weights file {str(weights)!r} does not exist (ran_keras ships no "
-                                "pretrained weights; pass a file saved from a model of this spec)")
+                                "pretrained weights; pass a file saved from a model of this spec, a .pth "
+                                "or a TF checkpoint)")
     name = name or spec.name
     if input_tensor is not None:
         shape = tuple(input_tensor.shape[1:])
@@ -118,12 +133,23 @@ def build_model(spec: NetworkSpec, input_shape: Optional[Sequence[Optional[int]]
     else:
         model = keras.Model(inputs, _top(spec, x, name, ctx, classes, include_top, classifier_activation, pooling),
                             name=name)
-    if weights is not None:
+    if source is not None:
+        importer.load_source(model, source, include_top=include_top and not features_only)
+    elif weights is not None:
         try:
             model.load_weights(weights)
         except (ValueError, OSError) as err:
             raise RanError(f"could not load weights {str(weights)!r} into {name}: {err}") from err
     return model
+
+
+def _foreign_source(weights, spec: NetworkSpec) -> Optional[importer.Source]:
+    """The foreign weights to import (a read ``Source``), or None for none / a Keras weights file."""
+    if isinstance(weights, importer.Source):
+        return weights
+    if weights is not None and importer.is_foreign_weights(weights):
+        return importer.read_source(weights, model=spec.name)
+    return None
 
 
 def _top(spec: NetworkSpec, x, name: str, ctx: BuildContext, classes: int, include_top: bool,

@@ -227,9 +227,9 @@ def test_fail_on_cpu_ops_with_a_real_cpu_operator(family, tmp_path, capsys):
     (["hwtable", "--activation", "sigmoidish"], "must be one of default, relu6, hard_swish"),
     (["hwtable", "--activation", "gelu"], "(default: each model's own; aliases such as hswish are accepted), "
                                           "got 'gelu'"),
-    (["hwtable", "--models", "gt.tflite"], "'gt.tflite' is a TFLite file; `ran hwtable` takes a registered name "
-                                           "or a spec .json"),
-    (["hwtable", "--models", "gt.keras"], "'gt.keras' is a saved Keras model"),
+    (["hwtable", "--models", "gt.tflite"], "'gt.tflite' is a TFLite file; `ran hwtable` takes a registered name, "
+                                           "a spec .json or a .keras/.h5 model"),
+    (["hwtable", "--models", "gt.keras"], "model file 'gt.keras' does not exist"),
     (["hwtable", "--calibration", "webcam"], "unknown calibration source"),
     (["hwtable", "--models", "ran_e_gt,ran_e_gt"], "listed twice"),
 ])

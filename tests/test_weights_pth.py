@@ -292,14 +292,64 @@ def test_missing_storage_entry_and_bad_persistent_id(tmp_path):
         read_pth(_zip(tmp_path / "b.pth", b"\x80\x02" + _unicode("not a storage") + b"Q."))
 
 
-def test_legacy_and_foreign_files_are_refused_clearly(tmp_path):
+#: torch.save(..., _use_new_zipfile_serialization=False) of torch 2.13.0 (zlib + base64; 1,889 bytes, sha256
+#: 73930f06...): a Conv2d + BatchNorm2d state dict, views of one 4x6 storage, int64, float16, an int and args
+LEGACY_FIXTURE = (
+    "eNp9lNtv21Qcx20nTVvDRmEMOi6j3B0uIbGTNmHQC4xu4F1al4u5DM9xzmKvjp2ffdKKSUHhodMGQkLiBRBCk3jZ4ybtYQioeOVP4I1H4JUnJBD8"
+    "jo/TKcPdUb6xz+3z+/mc3+83kD6W/b+/Xv5r5uzllQOlgXT89xz+90FQzClBELpRSEMn9K0NEsVeGICIC8w9OON7lPrEIkHLswOQLpgyDtIPusSK"
+    "vXMkhlwf8oo5hoOxG0YUxnTJzGHPCygU9LyZZ4wwaMO4nu/1hjbZ+k7YIj6IDpr1iUPRaiyfjFokIq3DnkNlkIoG5BRzAteWS5vEa7sU8g4NI8ct"
+    "WT3q+bFsRaTZ8/yWRUkQh5G1ocowpijmOPMHV9ptAgW+RV72Q5uu8UEZxs29uKZRrc2paq1aLmuqpsJE4rrT7cGkXjhBQV7VBUWX9Jwu6iKF2xT+"
+    "xt5vv+gy//ZQ2GvAHWYhcbLp2TFMueiBW3BHLGj1WlmrqXCnO6lLSL4Lybq0Bft0cQvu5qz9FO4x4N7kgyvDD57OppVrldk6HEhp96W0+xntAU57"
+    "kMJBAx5KPKtwz2b+z9KqZbWuash6OGU9krIeZazHOOtxCk8Y8GSyrVKKekHgBW2rQzAilF2YiX/FlPlUynyaMZ/hzGcplAx4LgmyG8wNO4LyLsi5"
+    "Wr0KlRSppkiNIascWaMwa8CcuT9BBr2O1bSp45LYopHtrJMW1Dk6jYhjGJc7AdEYtdZIrut5tCaitUNorVjkVl6g8KIB870+LJiTuAXPgdotm9qw"
+    "mMwvKSaOCvBSH15OAnGYU4d1MTZFFijwSh+W3Z1+BY704Sj2pbgXN5MhCq9mn0KjUkO/XkO/ptEvnZ0Cptl5OIZhWTgPx7mPOHXSgJUknKNwE1Zv"
+    "BTNS2Noqogpb8Do70jc46E0Kbxlg8rwIfXj7VqB3UtC7q5gz+S14j9FOcdD7FCwDTvPaMFsFOwXdfOyzLBab6SU76SW3mEeEg85QaBvgJoXFtf0z"
+    "4I3c6VEc2rnTsyNwrVzTGiqsp3A/hXcYPODwkELXAEjqE+mGjguRnktM2VE7htjBR9eOYiKfsDsk7toOWqHFjwCjYcOUWK2LYPPIwndfsvZV3GQV"
+    "7xSreBnZK2YVCCmrLuWyEjaflXFjWTlTyArtzBucyLqNyaxTlEmJfS5vgwWmYX9x/dAP5+w/5gtp/7dvP/1+3+ffzH+o/7n98ye/bF+95myvXTw4"
+    "f2M/b7v3OV+8aX56pMfWCIv4Qw1Ql1A/oX5FCUuCMIWaQZVRi6gV1GlUFzVAXUB9hvoCdQl1GXUFdX1p6Md4+vznX952/KsLP/4HXs3QIg==")
+
+#: (dtype, shape, storage offset, sum) as torch 2.13 printed them for LEGACY_FIXTURE
+LEGACY_EXPECTED = {
+    "model.0.weight": ("float32", (2, 3, 1, 1), -0.6622348614037037), "model.0.bias": ("float32", (2,), 0.4463357925415039),
+    "model.1.running_var": ("float32", (2,), 2.0), "model.1.num_batches_tracked": ("int64", (), 0.0),
+    "t": ("float32", (6, 4), 276.0), "row": ("float32", (6,), 51.0), "col": ("float32", (4,), 44.0),
+    "i64": ("int64", (2,), 4.0), "half": ("float16", (2,), -0.75),
+}
+
+
+def test_legacy_format_is_read(tmp_path):
+    path = tmp_path / "legacy.pth"
+    path.write_bytes(zlib.decompress(base64.b64decode(LEGACY_FIXTURE)))
+    ckpt = read_pth(path)
+    assert ckpt.version == "legacy" and ckpt.data["epoch"] == 3 and ckpt.data["args"].lr == 0.1
+    arrays = flatten_arrays(ckpt.data)
+    assert len(arrays) == 12
+    for key, (dtype, shape, total) in LEGACY_EXPECTED.items():
+        a = arrays[key]
+        assert (str(a.dtype), a.shape) == (dtype, shape) and float(np.sum(a, dtype=np.float64)) == pytest.approx(total)
+    np.testing.assert_array_equal(arrays["t"], np.arange(24.0).reshape(4, 6).T)
+    np.testing.assert_array_equal(arrays["col"], [2.0, 8.0, 14.0, 20.0])
+    data = path.read_bytes()
+    (tmp_path / "short.pth").write_bytes(data[:-10])
+    with pytest.raises(WeightsError, match="is truncated"):
+        read_pth(tmp_path / "short.pth")
+    stream = io.BytesIO(data)
+    for _ in range(3):  # magic number, protocol version, system info: plain data
+        pickle.load(stream)
+    evil = tmp_path / "evil.pth"  # the legacy header followed by a pickle that calls os.system
+    evil.write_bytes(data[:stream.tell()] + b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00echo\x85R.")
+    with pytest.raises(WeightsError, match="refused to unpickle os.system"):
+        read_pth(evil)
+
+
+def test_foreign_files_are_refused_clearly(tmp_path):
     legacy = tmp_path / "legacy.pth"
     legacy.write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.")
-    with pytest.raises(WeightsError, match="legacy .non-zip. torch.save file.*PyTorch < 1.6"):
+    with pytest.raises(WeightsError, match="the system info could not be read"):
         read_pth(legacy)
     other = tmp_path / "weights.h5"
     other.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
-    with pytest.raises(WeightsError, match="not a torch.save checkpoint .not a zip"):
+    with pytest.raises(WeightsError, match="not a torch.save checkpoint .neither a zip archive nor the legacy"):
         read_pth(other)
     script = tmp_path / "scripted.pt"
     with zipfile.ZipFile(script, "w") as zf:

@@ -14,6 +14,8 @@ import pytest
 
 import ran_keras
 from ran_keras.backend import keras, tf
+from ran_keras.data.photos import normalize
+from ran_keras.weights.importer import read_source
 from ran_keras.models.ran_e import SUBNET_C, SUBNET_GT
 from ran_keras.weights import WeightsError
 from ran_keras.weights.keymaps import ran_e_reference_keys, ran_e_reference_rules
@@ -168,7 +170,7 @@ def test_keras_writes_exactly_the_reference_keys(saved_reference):
     expected = dict(ran_e_reference_keys(name, [w.name[:-2] for w in ours.weights]))
     variables = list_variables(prefix)
     assert sorted(variables) == sorted(expected)
-    assert len(variables) == len(ref.weights) == len(ours.weights) - 1  # our stem conv's bias is extra
+    assert len(variables) == len(ref.weights) == len(ours.weights)
     everything = list_variables(prefix, bookkeeping=True)
     slots = [k for k in everything if "/.OPTIMIZER_SLOT/optimizer/" in k]
     assert len(slots) == 2 * len(ref.trainable_weights)  # rms and momentum for each trainable variable
@@ -186,12 +188,34 @@ def test_reference_checkpoint_loads_and_computes_the_same(saved_reference):
     ours = ran_keras.create_model(name, input_shape=(32, 32, 3), seed=1, classifier_activation=None)
     names = [w.name[:-2] for w in ours.weights]
     result = load_weights(ours, read_variables(prefix), ran_e_reference_rules(name, names))
-    assert result.filled == [f"{name}_stem_block1_conv/bias"] and len(result.arrays) == len(names)
+    assert result.filled == [] and len(result.arrays) == len(names)
     images = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     ref_logits = keras.Model(ref.input, ref.get_layer("logits").output)(images).numpy()
-    normalised = (images - np.array(MEAN_RGB, np.float32)) / np.array(STDDEV_RGB, np.float32)
-    our_logits = ours(normalised).numpy()
+    our_logits = ours(normalize(images, ours_spec(name))).numpy()  # the spec's mean/std are the reference's
     np.testing.assert_allclose(our_logits, ref_logits, rtol=1e-4, atol=1e-4 * np.abs(ref_logits).max())
+
+
+def ours_spec(name):
+    spec = ran_keras.get_spec(name)
+    assert np.allclose(spec.input_mean, MEAN_RGB) and np.allclose(spec.input_std, STDDEV_RGB) and spec.stem[0].bias is False
+    return spec
+
+
+def test_import_refuses_an_unpublished_checkpoint_for_a_published_model(saved_reference):
+    """The fixture is named like the published RAN-e checkpoint but is not it; the importer says so,
+    and with allow_unpublished loads it through the same rules (and a headless model ignores the logits layer)."""
+    name, ref, prefix = saved_reference
+    with pytest.raises(WeightsError, match=r"not Arm's published file for .*ran_e_.*allow_unpublished"):
+        read_source(prefix + ".index", model=name)
+    src = read_source(prefix + ".index", model=name, allow_unpublished=True)
+    assert src.layout.name == "ran-e-tf" and src.kind == "tf-checkpoint" and "imported although" in src.notes[0]
+    model = ran_keras.create_model(name, input_shape=(32, 32, 3), weights=src, classifier_activation=None)
+    images = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    ref_logits = keras.Model(ref.input, ref.get_layer("logits").output)(images).numpy()
+    np.testing.assert_allclose(model(normalize(images, ours_spec(name))).numpy(), ref_logits, rtol=1e-4,
+                               atol=1e-4 * np.abs(ref_logits).max())
+    headless = ran_keras.create_model(name, input_shape=(32, 32, 3), include_top=False, pooling="avg", weights=src)
+    assert headless.output_shape == (None, 1344)
 
 
 def test_reference_keys_refuse_layers_the_reference_lacks():

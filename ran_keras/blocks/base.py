@@ -69,6 +69,10 @@ def activation_check(value) -> Optional[str]:
     return None
 
 
+def padding_check(value) -> Optional[str]:
+    return None if value in ir.PADDINGS else f"must be one of {', '.join(map(repr, ir.PADDINGS))} or null"
+
+
 def norm_check(value) -> Optional[str]:
     return None if value in ("bn", "ln") else "must be 'bn', 'ln' or null"
 
@@ -83,6 +87,9 @@ MID = Field((int,), None, positive, "pair form: two sub-blocks C -> mid -> C wit
             nullable=True)
 ALPHA_INIT = Field((int, float), None, None, "initial alpha; null inherits the network's alpha_init",
                    nullable=True)
+PADDING = Field((str,), None, padding_check,
+                "'same' (TensorFlow), 'valid' (none) or 'symmetric' (PyTorch); null inherits the network's "
+                "padding", nullable=True)
 PAD_EXPANDED = Field((bool,), False, None,
                      "AFRBs: zero-pad the expanded map before its BN and run the depthwise conv 'valid', so "
                      "that at alpha = 1 the block folds into one plain k x k conv with no border map (same "
@@ -149,6 +156,11 @@ def get_kind(name: Any, path: str = "kind") -> BlockKind:
 
 def block_activation(block, net) -> str:
     return block.activation or net.activation
+
+
+def block_padding(block, net) -> str:
+    """The block's own padding, else the network's convention."""
+    return block.get("padding") or net.padding
 
 
 def can_add(cin: int, cout: int, stride: int) -> bool:

@@ -1,16 +1,17 @@
 """ConvNeXt block kinds (Liu et al. 2022): the residual block and the downsampling layer.
 
 Imported by ``ran_keras.blocks``, so specs, the profiler and the builder
-know them like any other kind. The stem (4x4 stride-4 conv with bias, then LayerNorm) is a plain
-``conv`` block with ``norm: 'ln'``, and the head's LayerNorm is the network's
-``classifier_norm: 'ln'``.
+know them like any other kind. The stem (4x4 stride-4 conv with bias, unpadded, then LayerNorm) is
+a plain ``conv`` block with ``norm: 'ln'`` and ``padding: 'valid'``, and the head's LayerNorm is the
+network's ``classifier_norm: 'ln'``. Unpadded stem and downsampling convs are ConvNeXt's: at input
+sizes that are not multiples of 32 they drop the last rows and columns instead of padding.
 """
 
 from __future__ import annotations
 
 from ran_keras import ir
-from ran_keras.blocks.base import (ACTIVATION, CHANNELS, EXPANSION, BlockKind, Field, block_activation, hidden_channels,
-                                   positive, register_kind, stride_check)
+from ran_keras.blocks.base import (ACTIVATION, CHANNELS, EXPANSION, PADDING, BlockKind, Field, block_activation,
+                                   block_padding, hidden_channels, positive, register_kind, stride_check)
 from ran_keras.errors import SpecError
 
 
@@ -47,7 +48,7 @@ class ConvNeXtBlock(BlockKind):
 
     def expand(self, b, cin, net):
         hidden = hidden_channels(b.expansion, cin, b.channels, pair=False)
-        ops = [ir.DepthwiseConv("dw", b.kernel, 1, bias=True), ir.LayerNorm("ln"),
+        ops = [ir.DepthwiseConv("dw", b.kernel, 1, bias=True, padding=net.padding), ir.LayerNorm("ln"),
                ir.Conv("expand", hidden, 1, bias=True), *ir.act_ops("act", block_activation(b, net)),
                ir.Conv("project", b.channels, 1, bias=True)]
         if b.layer_scale is not None:
@@ -60,10 +61,13 @@ class ConvNeXtBlock(BlockKind):
 @register_kind
 class ConvNeXtDownsample(BlockKind):
     name = "convnext_down"
-    doc = "ConvNeXt downsampling layer between stages: LayerNorm -> k x k stride-s conv (bias), no activation"
+    doc = ("ConvNeXt downsampling layer between stages: LayerNorm -> k x k stride-s conv (bias), no activation; "
+           "unpadded by default, as in ConvNeXt")
     fields = {"channels": CHANNELS,
               "kernel": Field((int,), 2, positive, "spatial kernel size (k x k)"),
-              "stride": Field((int,), 2, stride_check, "spatial stride")}
+              "stride": Field((int,), 2, stride_check, "spatial stride"),
+              "padding": Field(PADDING.types, "valid", PADDING.check, PADDING.doc, nullable=True)}
 
     def expand(self, b, cin, net):
-        return ir.BlockGraph((ir.LayerNorm("ln"), ir.Conv("conv", b.channels, b.kernel, b.stride, bias=True)))
+        conv = ir.Conv("conv", b.channels, b.kernel, b.stride, bias=True, padding=block_padding(b, net))
+        return ir.BlockGraph((ir.LayerNorm("ln"), conv))

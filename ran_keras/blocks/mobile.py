@@ -10,12 +10,12 @@ from ran_keras.blocks.base import (ACTIVATION, ALPHA_INIT, CHANNELS, EXPANSION, 
 from ran_keras.errors import SpecError
 
 
-def _ibn_ops(prefix: str, cin: int, hidden: int, cout: int, kernel: int, stride: int, act: str):
+def _ibn_ops(prefix: str, cin: int, hidden: int, cout: int, kernel: int, stride: int, act: str, pad: str):
     ops = []
     if hidden != cin:
         ops += [ir.Conv(prefix + "expand", hidden, 1), ir.BatchNorm(prefix + "expand_bn")]
         ops += ir.act_ops(prefix + "expand_act", act)
-    ops += [ir.DepthwiseConv(prefix + "dw", kernel, stride), ir.BatchNorm(prefix + "dw_bn")]
+    ops += [ir.DepthwiseConv(prefix + "dw", kernel, stride, padding=pad), ir.BatchNorm(prefix + "dw_bn")]
     ops += ir.act_ops(prefix + "dw_act", act)
     ops += [ir.Conv(prefix + "project", cout, 1), ir.BatchNorm(prefix + "project_bn")]
     return ops
@@ -38,18 +38,18 @@ class IBNBlock(BlockKind):
         act = block_activation(b, net)
         if b.mid_channels is None:
             hidden = hidden_channels(b.expansion, cin, b.channels, pair=False)
-            ops = _ibn_ops("", cin, hidden, b.channels, b.kernel, b.stride, act)
+            ops = _ibn_ops("", cin, hidden, b.channels, b.kernel, b.stride, act, net.padding)
             return ir.BlockGraph(tuple(ops), () if can_add(cin, b.channels, b.stride) else None)
         ops = []
         for prefix, a, z in pair_blocks(cin, b.mid_channels, b.channels):
-            ops += _ibn_ops(prefix, a, hidden_channels(b.expansion, a, z, pair=True), z, b.kernel, 1, act)
+            ops += _ibn_ops(prefix, a, hidden_channels(b.expansion, a, z, pair=True), z, b.kernel, 1, act, net.padding)
         return ir.BlockGraph(tuple(ops), ())
 
 
-def _collapsed_ops(prefix: str, cout: int, kernel: int, stride: int, act: str, leading_bn: bool):
+def _collapsed_ops(prefix: str, cout: int, kernel: int, stride: int, act: str, leading_bn: bool, pad: str):
     ops = [ir.BatchNorm(prefix + "pre_bn")] if leading_bn else []
     ops += ir.act_ops(prefix + "act", act)
-    ops += [ir.Conv(prefix + "conv", cout, kernel, stride), ir.BatchNorm(prefix + "bn")]
+    ops += [ir.Conv(prefix + "conv", cout, kernel, stride, padding=pad), ir.BatchNorm(prefix + "bn")]
     return ops
 
 
@@ -67,22 +67,22 @@ class CollapsedBlock(BlockKind):
     def expand(self, b, cin, net):
         act = block_activation(b, net)
         if b.mid_channels is None:
-            ops = _collapsed_ops("", b.channels, b.kernel, b.stride, act, leading_bn=True)
+            ops = _collapsed_ops("", b.channels, b.kernel, b.stride, act, True, net.padding)
             return ir.BlockGraph(tuple(ops), () if can_add(cin, b.channels, b.stride) else None)
-        ops = (_collapsed_ops("sub1_", b.mid_channels, b.kernel, 1, act, leading_bn=True)
-               + _collapsed_ops("sub2_", b.channels, b.kernel, 1, act, leading_bn=False))
+        ops = (_collapsed_ops("sub1_", b.mid_channels, b.kernel, 1, act, True, net.padding)
+               + _collapsed_ops("sub2_", b.channels, b.kernel, 1, act, False, net.padding))
         return ir.BlockGraph(tuple(ops), ())
 
 
 def _afrb_ops(prefix: str, cin: int, hidden: int, cout: int, kernel: int, stride: int, alpha,
-              pad_expanded: bool = False):
+              pad_expanded: bool = False, convention: str = "same"):
     init, clip = alpha
     ops = [ir.SharedPReLU("alpha", True, init, clip)]
-    padding = "same"
+    padding = convention
     if hidden != cin:
         ops.append(ir.Conv(prefix + "expand", hidden, 1))
         if pad_expanded:  # BN(pad(expand(x))): the ring carries the BN shift, so the fold is a plain conv
-            ops.append(ir.ZeroPad(prefix + "pad", kernel, stride))
+            ops.append(ir.ZeroPad(prefix + "pad", kernel, stride, convention))
             padding = "valid"
         ops.append(ir.BatchNorm(prefix + "expand_bn"))
     ops += [ir.DepthwiseConv(prefix + "dw", kernel, stride, padding=padding), ir.BatchNorm(prefix + "dw_bn"),
@@ -107,7 +107,8 @@ class _AFRB(BlockKind):
 
     def expand(self, b, cin, net):
         hidden = hidden_channels(b.expansion, cin, b.channels, pair=False)
-        ops = _afrb_ops("", cin, hidden, b.channels, b.kernel, b.stride, self._alpha(b, net), b.pad_expanded)
+        ops = _afrb_ops("", cin, hidden, b.channels, b.kernel, b.stride, self._alpha(b, net), b.pad_expanded,
+                        net.padding)
         return ir.BlockGraph(tuple(ops), () if self.residual else None)
 
 
@@ -146,7 +147,7 @@ class AFRB3(_AFRB):
         ops = []
         for prefix, a, z in pair_blocks(cin, b.mid_channels, b.channels):
             ops += _afrb_ops(prefix, a, hidden_channels(b.expansion, a, z, pair=True), z, b.kernel, 1, alpha,
-                             b.pad_expanded)
+                             b.pad_expanded, net.padding)
         return ir.BlockGraph(tuple(ops), ())
 
 

@@ -6,12 +6,13 @@ the scaling sweep and the Keras builder (``ran_keras.builder``) all read this IR
 and the built model cannot drift apart.
 """
 
-from ran_keras.ir.costs import same_padding, same_size, valid_size
+from ran_keras.ir.costs import same_padding, same_size, symmetric_pad, symmetric_size, valid_size
 from ran_keras.ir.graph import BlockGraph
 from ran_keras.ir.ops import (MERGES, Act, BatchNorm, Conv, Cost, DepthwiseConv, DropPath, LayerNorm, LayerScale, Leaf,
-                              MaxPool, Merge, Op, Parallel, SharedPReLU, ZeroPad, act_ops, apply_ops, layer_name,
+                              MaxPool, Merge, Op, PADDINGS, Pad, Parallel, SharedPReLU, ZeroPad, act_ops, apply_ops, layer_name,
                               trace, trace_ops)
 
 __all__ = ["Act", "BatchNorm", "BlockGraph", "Conv", "Cost", "DepthwiseConv", "DropPath", "LayerNorm", "LayerScale",
-           "Leaf", "MERGES", "MaxPool", "Merge", "Op", "Parallel", "SharedPReLU", "ZeroPad", "act_ops", "apply_ops",
-           "layer_name", "same_padding", "same_size", "trace", "trace_ops", "valid_size"]
+           "Leaf", "MERGES", "MaxPool", "Merge", "Op", "PADDINGS", "Pad", "Parallel", "SharedPReLU", "ZeroPad", "act_ops", "apply_ops",
+           "layer_name", "same_padding", "same_size", "symmetric_pad", "symmetric_size", "trace", "trace_ops",
+           "valid_size"]

@@ -50,3 +50,14 @@ def same_padding(size: Optional[int], kernel: int, stride: int) -> Tuple[int, in
     out = same_size(size, stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
+
+
+def symmetric_pad(kernel: int) -> int:
+    """Per-side zero padding of the 'symmetric' (PyTorch) convention: (k - 1) // 2, i.e. PyTorch's
+    ``padding=k // 2`` for odd kernels and none for 1x1 and 2x2."""
+    return (kernel - 1) // 2
+
+
+def symmetric_size(size: Optional[int], kernel: int, stride: int) -> Optional[int]:
+    """Spatial output size with ``symmetric_pad`` on both sides: floor((n + 2p - k) / s) + 1."""
+    return None if size is None else (size + 2 * symmetric_pad(kernel) - kernel) // stride + 1

@@ -18,10 +18,12 @@ from typing import Any, ClassVar, Iterator, NamedTuple, Optional, Tuple
 
 from ran_keras import activations
 from ran_keras.ir.costs import (conv_macs, conv_params, depthwise_macs, depthwise_params, same_padding, same_size,
-                                valid_size)
+                                symmetric_pad, symmetric_size, valid_size)
 
 Shape = Tuple[Optional[int], Optional[int], int]
-PADDINGS = ("same", "valid")
+#: 'same': TensorFlow's (the extra row/column of an odd total goes after); 'valid': none;
+#: 'symmetric': PyTorch's, (k - 1) // 2 on every side (``symmetric_pad``)
+PADDINGS = ("same", "valid", "symmetric")
 MERGES = ("add", "concat", "multiply")
 
 
@@ -56,9 +58,17 @@ def _mul(*dims: Optional[int]) -> Optional[int]:
     return out
 
 
+def check_padding(padding: str, what: str = "padding") -> str:
+    if padding not in PADDINGS:
+        raise ValueError(f"{what} must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    return padding
+
+
 def _spatial(shape: Shape, kernel: int, stride: int, padding: str) -> Tuple[Optional[int], Optional[int]]:
-    size = same_size if padding == "same" else (lambda s, st: valid_size(s, kernel, st))
-    return size(shape[0], stride), size(shape[1], stride)
+    if padding == "same":
+        return same_size(shape[0], stride), same_size(shape[1], stride)
+    size = valid_size if check_padding(padding) == "valid" else symmetric_size
+    return size(shape[0], kernel, stride), size(shape[1], kernel, stride)
 
 
 class Op:
@@ -89,8 +99,54 @@ class Op:
         raise NotImplementedError(f"{type(self).__name__} has no Keras layer")
 
 
+class _Spatial(Op):
+    """What Conv, DepthwiseConv and MaxPool share: a k x k window at a stride with a ``padding``.
+
+    'symmetric' padding that Keras' own 'same'/'valid' cannot express (stride > 1, or an even
+    kernel) becomes a padding layer of its own, ``{name}_pad`` (a ``Pad`` leaf the profiler lists),
+    followed by the op with 'valid' padding; at stride 1 with an odd kernel it is Keras' 'same'.
+    """
+    pad_mode: ClassVar[str] = "zeros"
+
+    def __post_init__(self):
+        check_padding(self.padding, f"{type(self).__name__} {self.name!r}: padding")
+
+    def explicit_pad(self) -> int:
+        """Per-side padding put in a layer of its own before the op (0: none)."""
+        if self.padding != "symmetric" or (self.stride == 1 and self.kernel % 2 == 1):
+            return 0
+        return symmetric_pad(self.kernel)
+
+    def keras_padding(self) -> str:
+        """The Keras layer's own padding argument."""
+        if self.padding != "symmetric":
+            return self.padding
+        return "same" if self.stride == 1 and self.kernel % 2 == 1 else "valid"
+
+    def _pad_op(self) -> Optional["Pad"]:
+        p = self.explicit_pad()
+        return Pad(f"{self.name}_pad", p, getattr(self, "fill", self.pad_mode)) if p else None
+
+    def out_shape(self, shape):
+        return (*_spatial(shape, self.kernel, self.stride, self.padding), self._out_channels(shape))
+
+    def trace(self, shape, path=()):
+        pad = self._pad_op()
+        out = self.out_shape(shape)
+        if pad is not None:
+            padded = pad.out_shape(shape)
+            yield Leaf(pad, shape, padded, path)
+            shape = padded
+        yield Leaf(self, shape, out, path)
+        return out
+
+    def _padded(self, x, prefix, ctx):
+        pad = self._pad_op()
+        return x if pad is None else pad.keras(x, prefix, ctx)
+
+
 @dataclass(frozen=True)
-class Conv(Op):
+class Conv(_Spatial):
     name: str
     filters: int
     kernel: int
@@ -100,21 +156,21 @@ class Conv(Op):
     role: ClassVar[str] = "layer"
     label: ClassVar[str] = "Conv2D"
 
-    def out_shape(self, shape):
-        return (*_spatial(shape, self.kernel, self.stride, self.padding), self.filters)
+    def _out_channels(self, shape):
+        return self.filters
 
     def cost(self, i, o):
         p = conv_params(self.kernel, i[2], self.filters, self.bias)
         return Cost(p, p, _mul(o[0], o[1], conv_macs(1, 1, self.kernel, i[2], self.filters)), "conv")
 
     def keras(self, x, prefix, ctx):
-        return ctx.layers.Conv2D(self.filters, self.kernel, strides=self.stride, padding=self.padding,
+        return ctx.layers.Conv2D(self.filters, self.kernel, strides=self.stride, padding=self.keras_padding(),
                                  use_bias=self.bias, kernel_initializer=ctx.conv_init(),
-                                 name=layer_name(prefix, self.name))(x)
+                                 name=layer_name(prefix, self.name))(self._padded(x, prefix, ctx))
 
 
 @dataclass(frozen=True)
-class DepthwiseConv(Op):
+class DepthwiseConv(_Spatial):
     name: str
     kernel: int
     stride: int = 1
@@ -123,17 +179,17 @@ class DepthwiseConv(Op):
     role: ClassVar[str] = "layer"
     label: ClassVar[str] = "DepthwiseConv2D"
 
-    def out_shape(self, shape):
-        return (*_spatial(shape, self.kernel, self.stride, self.padding), shape[2])
+    def _out_channels(self, shape):
+        return shape[2]
 
     def cost(self, i, o):
         p = depthwise_params(self.kernel, i[2], self.bias)
         return Cost(p, p, _mul(o[0], o[1], depthwise_macs(1, 1, self.kernel, i[2])), "depthwise")
 
     def keras(self, x, prefix, ctx):
-        return ctx.layers.DepthwiseConv2D(self.kernel, strides=self.stride, padding=self.padding,
+        return ctx.layers.DepthwiseConv2D(self.kernel, strides=self.stride, padding=self.keras_padding(),
                                           use_bias=self.bias, depthwise_initializer=ctx.conv_init(),
-                                          name=layer_name(prefix, self.name))(x)
+                                          name=layer_name(prefix, self.name))(self._padded(x, prefix, ctx))
 
 
 @dataclass(frozen=True)
@@ -211,17 +267,52 @@ class SharedPReLU(Op):
 
 
 @dataclass(frozen=True)
-class MaxPool(Op):
+class MaxPool(_Spatial):
+    """Max pooling. 'symmetric' padding is PyTorch's -inf padding; ``fill`` says how it is made:
+    'edge' (mirrored border values, ``EdgePad``: the same maxima for any input, since PyTorch allows
+    at most k // 2) or 'zeros' (ZeroPadding2D: the same maxima only for non-negative inputs, e.g.
+    after a ReLU, and cheaper on Ethos-U, where Vela fuses the pad into the layer before)."""
     name: str
     kernel: int
     stride: int
+    padding: str = "same"
+    fill: str = "edge"
     label: ClassVar[str] = "MaxPooling2D"
 
-    def out_shape(self, shape):
-        return (*_spatial(shape, self.kernel, self.stride, "same"), shape[2])
+    def __post_init__(self):
+        super().__post_init__()
+        if self.fill not in ("edge", "zeros"):
+            raise ValueError(f"MaxPool {self.name!r}: fill must be 'edge' or 'zeros', got {self.fill!r}")
+
+    def _out_channels(self, shape):
+        return shape[2]
 
     def keras(self, x, prefix, ctx):
-        return ctx.layers.MaxPooling2D(self.kernel, self.stride, padding="same", name=layer_name(prefix, self.name))(x)
+        return ctx.layers.MaxPooling2D(self.kernel, self.stride, padding=self.keras_padding(),
+                                       name=layer_name(prefix, self.name))(self._padded(x, prefix, ctx))
+
+
+@dataclass(frozen=True)
+class Pad(Op):
+    """``amount`` rows and columns on every side: zeros (ZeroPadding2D, before a convolution) or
+    mirrored border values (``EdgePad``, before max pooling)."""
+    name: str
+    amount: int
+    mode: str = "zeros"
+
+    def row_label(self):
+        return "ZeroPadding2D" if self.mode == "zeros" else "EdgePad"
+
+    def out_shape(self, shape):
+        grow = lambda s: None if s is None else s + 2 * self.amount  # noqa: E731
+        return grow(shape[0]), grow(shape[1]), shape[2]
+
+    def keras(self, x, prefix, ctx):
+        name = layer_name(prefix, self.name)
+        if self.mode == "zeros":
+            return ctx.layers.ZeroPadding2D(self.amount, name=name)(x)
+        from ran_keras.layers import EdgePad
+        return EdgePad(self.amount, name=name)(x)
 
 
 @dataclass(frozen=True)
@@ -253,7 +344,8 @@ class DropPath(Op):
 
 @dataclass(frozen=True)
 class ZeroPad(Op):
-    """The zero padding a 'same' k x k, stride-s op would add itself (see ``same_padding``).
+    """The zero padding a k x k, stride-s op would add itself with ``padding`` ('same':
+    ``same_padding``; 'symmetric': ``symmetric_pad`` on each side).
 
     Lets a block pad early, e.g. the AFRB's ``pad_expanded`` form: pad the expanded map before its
     BN, then a 'valid' depthwise conv, so the block is exactly a padded k x k conv at alpha = 1.
@@ -261,15 +353,21 @@ class ZeroPad(Op):
     name: str
     kernel: int
     stride: int
+    padding: str = "same"
     label: ClassVar[str] = "ZeroPadding2D"
+
+    def _amounts(self, size):
+        if self.padding == "symmetric":
+            return (symmetric_pad(self.kernel),) * 2
+        return same_padding(size, self.kernel, self.stride)
 
     def out_shape(self, shape):
         h, w, c = shape
-        pad = lambda s: None if s is None else s + sum(same_padding(s, self.kernel, self.stride))  # noqa: E731
+        pad = lambda s: None if s is None else s + sum(self._amounts(s))  # noqa: E731
         return pad(h), pad(w), c
 
     def keras(self, x, prefix, ctx):
-        pads = tuple(same_padding(d, self.kernel, self.stride) for d in x.shape[1:3])
+        pads = tuple(self._amounts(d) for d in x.shape[1:3])
         return ctx.layers.ZeroPadding2D(pads, name=layer_name(prefix, self.name))(x)
 
 

@@ -2,12 +2,13 @@
 the package name ``ran_keras`` (so any Keras loader rebuilds them once ran_keras is imported)."""
 
 from ran_keras.layers.border_bias import BorderBias
+from ran_keras.layers.edge_pad import EdgePad
 from ran_keras.layers.hard_swish import HardSwish
 from ran_keras.layers.layer_scale import LayerScale
 from ran_keras.layers.prelu import ClipAlpha, SharedAlphaPReLU
 
 #: every custom class, under the name Keras registers it with ('ran_keras>Name')
 CUSTOM_OBJECTS = {f"ran_keras>{cls.__name__}": cls
-                  for cls in (SharedAlphaPReLU, ClipAlpha, HardSwish, LayerScale, BorderBias)}
+                  for cls in (SharedAlphaPReLU, ClipAlpha, HardSwish, LayerScale, BorderBias, EdgePad)}
 
-__all__ = ["BorderBias", "CUSTOM_OBJECTS", "ClipAlpha", "HardSwish", "LayerScale", "SharedAlphaPReLU"]
+__all__ = ["BorderBias", "CUSTOM_OBJECTS", "EdgePad", "ClipAlpha", "HardSwish", "LayerScale", "SharedAlphaPReLU"]

@@ -2,7 +2,9 @@
 
 ConvNeXt: a 4x4 stride-4 conv + LayerNorm stem; four stages of ConvNeXt blocks (7x7 depthwise,
 LayerNorm, 1x1 to 4C, GELU, 1x1 to C, layer scale 1e-6, stochastic depth, identity residual);
-LayerNorm + 2x2 stride-2 conv before stages 2-4; average pool, LayerNorm, dense.
+LayerNorm + 2x2 stride-2 conv before stages 2-4; average pool, LayerNorm, dense. As in the
+reference (facebookresearch/ConvNeXt, which RAN-i builds on): the stem and downsampling convs are
+unpadded, and every conv/linear kernel starts from N(0, 0.02) (``weight_init``).
 
 RAN-i (paper Sec. 3.3-3.4, Appendix D, Table 7): ConvNeXt-T with widths ``round(w * wm)`` and
 depths ``round(d * dm)``, the highest-NN-Mass candidates the paper found for its three budgets.
@@ -42,7 +44,8 @@ def convnext_spec(name: str, widths: Sequence[int], depths: Sequence[int], drop_
     if len(widths) != len(depths) or not widths:
         raise ValueError(f"widths and depths must be non-empty and of equal length, got {list(widths)} "
                          f"and {list(depths)}")
-    stem = (BlockSpec("conv", channels=widths[0], kernel=4, stride=4, norm="ln", bias=True, activation="linear"),)
+    stem = (BlockSpec("conv", channels=widths[0], kernel=4, stride=4, norm="ln", bias=True, activation="linear",
+                      padding="valid"),)
     stages = []
     for i, (width, depth) in enumerate(zip(widths, depths)):
         down = (BlockSpec("convnext_down", channels=width),) if i else ()
@@ -50,6 +53,7 @@ def convnext_spec(name: str, widths: Sequence[int], depths: Sequence[int], drop_
         stages.append(down + (block,) * depth)
     spec = NetworkSpec(name=name, family=family, activation="gelu", stem=stem, stages=tuple(stages),
                        classifier_norm="ln", input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD,
+                       weight_init="trunc_normal_0.02",
                        description=description or f"ConvNeXt, widths {list(widths)}, depths {list(depths)}")
     return with_drop_path(spec, drop_path)
 

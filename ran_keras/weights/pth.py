@@ -27,8 +27,12 @@ once into its own array. Tensors come back as numpy arrays with torch's dtype, s
 (views of their storage, read-only; ``np.array(t)`` copies). bfloat16 has no numpy dtype: those
 tensors are converted to float32 (exact) and the conversion is listed in ``PthCheckpoint.notes``.
 
-The legacy non-zip format (PyTorch < 1.6 or ``_use_new_zipfile_serialization=False``) and TorchScript
-archives are refused with a message that says what the file is.
+**Legacy format** (PyTorch < 1.6, or ``_use_new_zipfile_serialization=False``): five pickles in a
+row (magic number, protocol version 1001, system info, the object, the list of storage keys), then
+each storage as an 8-byte element count and its raw bytes. Read with the same allowlist; storages
+are filled after the object is unpickled (tensors are views of them), so the whole file is read
+into memory. Little-endian files only. TorchScript archives and tar-format files (PyTorch < 0.4) are
+refused with a message that says what the file is.
 """
 
 from __future__ import annotations
@@ -143,29 +147,31 @@ class PthCheckpoint:
 
 
 def read_pth(path, *, mmap: bool = True) -> PthCheckpoint:
-    """Read a ``torch.save`` zip checkpoint safely; tensors become numpy arrays (see the module doc)."""
+    """Read a ``torch.save`` checkpoint safely; tensors become numpy arrays (see the module doc)."""
     path = Path(path)
-    _refuse_non_zip(path)
+    if _file_format(path) == "legacy":
+        legacy = _Legacy(path)
+        data = legacy.load()
+        return PthCheckpoint(path, data, "", "legacy", "little", len(legacy.storages), legacy.notes)
     with _Archive(path, mmap) as archive:
         data = archive.unpickle()
         return PthCheckpoint(path, data, archive.prefix, archive.version, archive.byteorder,
                              len(archive.storages), archive.notes)
 
 
-def _refuse_non_zip(path: Path) -> None:
+def _file_format(path: Path) -> str:
+    """'zip' or 'legacy'; WeightsError for anything else."""
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     if zipfile.is_zipfile(path):
-        return
+        return "zip"
     with open(path, "rb") as f:
         head = f.read(512)
-    if head.startswith(_LEGACY_PICKLE) or head.startswith(b"\x80\x02"):
-        raise WeightsError(f"{path}: a legacy (non-zip) torch.save file, written by PyTorch < 1.6 or with "
-                           "_use_new_zipfile_serialization=False; it is not supported: load it with torch and "
-                           "save it again with a current torch.save")
+    if head.startswith(_LEGACY_PICKLE):
+        return "legacy"
     if head[257:262] == b"ustar":
         raise WeightsError(f"{path}: a tar-format torch.save file (PyTorch < 0.4); not supported")
-    raise WeightsError(f"{path}: not a torch.save checkpoint (not a zip archive)")
+    raise WeightsError(f"{path}: not a torch.save checkpoint (neither a zip archive nor the legacy format)")
 
 
 class _Unpickler(pickle.Unpickler):
@@ -182,7 +188,145 @@ class _Unpickler(pickle.Unpickler):
         return self._archive.storage(pid)
 
 
-class _Archive:
+class _Reader:
+    """What both formats share: the allowlist of globals and the tensor rebuild over storages."""
+
+    path: Path
+    notes: List[str]
+    storages: Dict[str, _Storage]
+
+    def _unpickle(self, stream, what: str) -> Any:
+        try:
+            return _Unpickler(stream, self).load()
+        except WeightsError:
+            raise
+        except Exception as err:  # malformed pickle: report it as a bad weights file
+            raise WeightsError(f"{self.path}: {what} could not be read: {type(err).__name__}: {err}") from err
+
+    def _check_pid(self, pid: Any, length: int) -> Tuple[StorageType, str, int]:
+        if not (isinstance(pid, tuple) and len(pid) == length and pid[0] == "storage"):
+            raise WeightsError(f"{self.path}: unexpected persistent id {pid!r} (expected a storage)")
+        stype, key, numel = pid[1], pid[2], pid[4]
+        if not isinstance(stype, StorageType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
+            raise WeightsError(f"{self.path}: malformed storage reference {pid!r}")
+        cached = self.storages.get(key)
+        if cached is not None and (cached.type != stype or len(cached.array) < numel):
+            raise WeightsError(f"{self.path}: storage {key} is referenced as {cached.type.name} and "
+                               f"{stype.name}, or with different sizes")
+        return stype, key, int(numel)
+
+    # -- the allowlist -------------------------------------------------------------------------------------
+
+    def resolve_global(self, module: str, name: str) -> Any:
+        """The stand-in for an allowed global; ``WeightsError`` for anything else."""
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("collections", "Counter"):  # MultiStepLR's milestones (detector checkpoints)
+            return _counter
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return self.rebuild_tensor
+        if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
+            return _rebuild_parameter
+        if module == "torch" and name in STORAGE_DTYPES:
+            return StorageType(name)
+        if module == "torch" and name in TORCH_DTYPES:
+            return TorchDtype(name)
+        if (module, name) == ("torch", "Size"):
+            return _torch_size
+        if (module, name) in HARMLESS:
+            return type(f"Inert_{name}", (Inert,), {"module": module, "name": name})
+        raise WeightsError(f"{self.path}: refused to unpickle {module}.{name}: only tensors, storages, "
+                           "plain containers and known-harmless records are allowed in a weights file")
+
+    def rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any) -> np.ndarray:
+        """torch's ``_rebuild_tensor_v2``: a (strided) view of the storage, checked to stay inside it."""
+        if not isinstance(storage, _Storage):
+            raise WeightsError(f"{self.path}: a tensor without a storage ({type(storage).__name__})")
+        size, stride = _int_tuple(size, "size", self.path), _int_tuple(stride, "stride", self.path)
+        if not _is_int(offset) or offset < 0 or len(size) != len(stride) or min(size + stride, default=0) < 0:
+            raise WeightsError(f"{self.path}: malformed tensor (offset {offset!r}, size {size}, stride {stride})")
+        base = storage.array
+        if 0 in size:
+            view = np.zeros(size, base.dtype)
+        else:
+            last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+            if last >= len(base):
+                raise WeightsError(f"{self.path}: tensor of size {size} reaches element {last} of storage "
+                                   f"{storage.key}, which has {len(base)}")
+            view = np.lib.stride_tricks.as_strided(base[offset:], shape=size,
+                                                   strides=[s * base.itemsize for s in stride], writeable=False)
+        return self._native(view, storage.type)
+
+    def _native(self, view: np.ndarray, stype: StorageType) -> np.ndarray:
+        if stype.name == "BFloat16Storage":
+            if _BF16_NOTE not in self.notes:
+                self.notes.append(_BF16_NOTE)
+            return (view.astype(np.uint32) << 16).view(np.float32)
+        if not view.dtype.isnative:
+            note = "big-endian storages were byte-swapped to native order"
+            if note not in self.notes:
+                self.notes.append(note)
+            return view.astype(view.dtype.newbyteorder("="))
+        return view
+
+
+class _Legacy(_Reader):
+    """A legacy-format file: five pickles, then the storages' bytes (filled into the arrays tensors view)."""
+
+    MAGIC = 0x1950A86A20F9469CFC6C
+    PROTOCOL = 1001
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.notes: List[str] = []
+        self.storages: Dict[str, _Storage] = {}
+
+    def storage(self, pid: Any) -> _Storage:
+        """An empty storage of the right size, filled from the file once the object is unpickled."""
+        stype, key, numel = self._check_pid(pid, 6)
+        if pid[5] is not None:
+            raise WeightsError(f"{self.path}: legacy storage views are not supported ({pid!r})")
+        if stype.name == "BFloat16Storage":
+            raise WeightsError(f"{self.path}: bfloat16 storages in the legacy format are not supported")
+        if key not in self.storages:
+            self.storages[key] = _Storage(key, stype, np.zeros(numel, stype.dtype.newbyteorder("<")))
+        return self.storages[key]
+
+    def load(self) -> Any:
+        with open(self.path, "rb") as f:
+            if self._unpickle(f, "the magic number") != self.MAGIC:
+                raise WeightsError(f"{self.path}: not a legacy torch.save file (wrong magic number)")
+            if self._unpickle(f, "the protocol version") != self.PROTOCOL:
+                raise WeightsError(f"{self.path}: unknown legacy torch.save protocol version")
+            info = self._unpickle(f, "the system info")
+            if not (isinstance(info, dict) and info.get("little_endian", True)):
+                raise WeightsError(f"{self.path}: a big-endian legacy file; not supported")
+            data = self._unpickle(f, "the saved object")
+            keys = self._unpickle(f, "the storage list")
+            if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+                raise WeightsError(f"{self.path}: malformed storage list")
+            for key in keys:
+                self._fill(f, key)
+        return data
+
+    def _fill(self, f, key: str) -> None:
+        storage = self.storages.get(key)
+        if storage is None:
+            raise WeightsError(f"{self.path}: storage {key} is stored but no tensor uses it")
+        count = f.read(8)
+        if len(count) != 8:
+            raise WeightsError(f"{self.path}: storage {key} is truncated")
+        numel = struct.unpack("<q", count)[0]
+        array = storage.array
+        if numel != len(array):
+            raise WeightsError(f"{self.path}: storage {key} holds {numel} elements, {len(array)} expected")
+        raw = f.read(array.nbytes)
+        if len(raw) != array.nbytes:
+            raise WeightsError(f"{self.path}: storage {key} is truncated")
+        array[:] = np.frombuffer(raw, array.dtype)
+
+
+class _Archive(_Reader):
     """One open ``.pth`` zip: its layout, its storages (read lazily, cached by key) and the allowlist."""
 
     def __init__(self, path: Path, mmap: bool):
@@ -224,52 +368,14 @@ class _Archive:
 
     def unpickle(self) -> Any:
         with self._zip.open(f"{self.prefix}/data.pkl") as stream:
-            try:
-                return _Unpickler(stream, self).load()
-            except WeightsError:
-                raise
-            except Exception as err:  # malformed pickle: report it as a bad weights file
-                raise WeightsError(f"{self.path}: data.pkl could not be read: {type(err).__name__}: {err}") from err
-
-    # -- the allowlist -------------------------------------------------------------------------------------
-
-    def resolve_global(self, module: str, name: str) -> Any:
-        """The stand-in for an allowed global; ``WeightsError`` for anything else."""
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        if (module, name) == ("collections", "Counter"):  # MultiStepLR's milestones (detector checkpoints)
-            return _counter
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return self.rebuild_tensor
-        if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
-            return _rebuild_parameter
-        if module == "torch" and name in STORAGE_DTYPES:
-            return StorageType(name)
-        if module == "torch" and name in TORCH_DTYPES:
-            return TorchDtype(name)
-        if (module, name) == ("torch", "Size"):
-            return _torch_size
-        if (module, name) in HARMLESS:
-            return type(f"Inert_{name}", (Inert,), {"module": module, "name": name})
-        raise WeightsError(f"{self.path}: refused to unpickle {module}.{name}: only tensors, storages, "
-                           "plain containers and known-harmless records are allowed in a weights file")
+            return self._unpickle(stream, "data.pkl")
 
     def storage(self, pid: Any) -> _Storage:
         """The storage a persistent id names, read on first use and cached by key."""
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise WeightsError(f"{self.path}: unexpected persistent id {pid!r} (expected a storage)")
-        _, stype, key, _location, numel = pid
-        if not isinstance(stype, StorageType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
-            raise WeightsError(f"{self.path}: malformed storage reference {pid!r}")
-        cached = self.storages.get(key)
-        if cached is not None:
-            if cached.type != stype or len(cached.array) < numel:
-                raise WeightsError(f"{self.path}: storage {key} is referenced as {cached.type.name} and "
-                                   f"{stype.name}, or with different sizes")
-            return cached
-        storage = _Storage(key, stype, self._read(key, stype.dtype, int(numel)))
-        self.storages[key] = storage
-        return storage
+        stype, key, numel = self._check_pid(pid, 5)
+        if key not in self.storages:
+            self.storages[key] = _Storage(key, stype, self._read(key, stype.dtype, numel))
+        return self.storages[key]
 
     def _read(self, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
         name = f"{self.prefix}/data/{key}"
@@ -300,38 +406,6 @@ class _Archive:
             raise WeightsError(f"{self.path}: bad zip local header for {info.filename}")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         return info.header_offset + 30 + name_len + extra_len
-
-    def rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any) -> np.ndarray:
-        """torch's ``_rebuild_tensor_v2``: a (strided) view of the storage, checked to stay inside it."""
-        if not isinstance(storage, _Storage):
-            raise WeightsError(f"{self.path}: a tensor without a storage ({type(storage).__name__})")
-        size, stride = _int_tuple(size, "size", self.path), _int_tuple(stride, "stride", self.path)
-        if not _is_int(offset) or offset < 0 or len(size) != len(stride) or min(size + stride, default=0) < 0:
-            raise WeightsError(f"{self.path}: malformed tensor (offset {offset!r}, size {size}, stride {stride})")
-        base = storage.array
-        if 0 in size:
-            view = np.zeros(size, base.dtype)
-        else:
-            last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-            if last >= len(base):
-                raise WeightsError(f"{self.path}: tensor of size {size} reaches element {last} of storage "
-                                   f"{storage.key}, which has {len(base)}")
-            view = np.lib.stride_tricks.as_strided(base[offset:], shape=size,
-                                                   strides=[s * base.itemsize for s in stride], writeable=False)
-        return self._native(view, storage.type)
-
-    def _native(self, view: np.ndarray, stype: StorageType) -> np.ndarray:
-        if stype.name == "BFloat16Storage":
-            if _BF16_NOTE not in self.notes:
-                self.notes.append(_BF16_NOTE)
-            return (view.astype(np.uint32) << 16).view(np.float32)
-        if not view.dtype.isnative:
-            note = "big-endian storages were byte-swapped to native order"
-            if note not in self.notes:
-                self.notes.append(note)
-            return view.astype(view.dtype.newbyteorder("="))
-        return view
-
 
 def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
     """``nn.Parameter`` -> its tensor (gradient flags and hooks carry no weights)."""

@@ -24,9 +24,9 @@ object graph rooted at the model:
 
 ``ran_keras.weights.keymaps.ran_e_reference_keys`` turns this into the exact key list for our
 ``ran_e_c`` / ``ran_e_gt`` (72 weighted layers, 222 values for GT; a reference-like model saved by
-Keras produces exactly these keys: tests/test_weights_tf_ckpt.py). To use the weights, our spec also
-needs the reference's input normalisation (mean 0.485/0.456/0.406 x 255, std 0.229/0.224/0.225 x 255;
-ours defaults to 127.5/127.5), and our stem conv's bias must stay 0.
+Keras produces exactly these keys: tests/test_weights_tf_ckpt.py). The registered RAN-e specs
+follow the reference's numerics: no stem bias, ImageNet mean/std (0.485/0.456/0.406 x 255,
+0.229/0.224/0.225 x 255) as their input normalisation.
 
 **Sizes.** Saved this way, a model costs 4 x (params + 2 x trainable) bytes plus ~96 kB of object graph.
 The published RAN-e-C data file (55,871,222 B) is within 3.4 kB of a reference-like save of the
