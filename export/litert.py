@@ -33,15 +33,24 @@ def quiet():
         absl_logger.setLevel(level)
 
 
-
 def interpreter(model_content: bytes, *, threads: int = 1, preserve_all_tensors: bool = False):
     """An allocated LiteRT interpreter for a flatbuffer; its routine start-up chatter is filtered.
 
     ``preserve_all_tensors`` keeps intermediate tensors readable (e.g. the logits before a softmax).
+    Where the default XNNPACK delegate fails to prepare a graph (it does on the int8 export of
+    ``ChannelLayerNorm``), LiteRT's built-in kernels run it instead.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kwargs = dict(model_content=bytes(model_content), num_threads=threads,
+                  experimental_preserve_all_tensors=preserve_all_tensors)
     with quiet():
-        interp = Interpreter(model_content=bytes(model_content), num_threads=threads,
-                             experimental_preserve_all_tensors=preserve_all_tensors)
-        interp.allocate_tensors()
+        try:
+            interp = Interpreter(**kwargs)
+            interp.allocate_tensors()
+        except RuntimeError as err:
+            if "XNNPack" not in str(err) and "XNNPACK" not in str(err):
+                raise
+            interp = Interpreter(**kwargs,
+                                 experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            interp.allocate_tensors()
     return interp

@@ -39,6 +39,8 @@ LAYER_EXAMPLES = {
     "HardSwish": {},
     "LayerScale": {"init": 0.25},
     "BorderBias": {},
+    "EdgePad": {"pad": 2},
+    "ChannelLayerNorm": {"epsilon": 1e-6},
 }
 
 
