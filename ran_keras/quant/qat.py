@@ -134,30 +134,53 @@ def _bn_from_affine(bn, kernel, bias) -> None:
 
 class QATTransform(ModelTransform):
     """``ran train --qat``: train the fake-quantised model; afterwards write ``model_int8.tflite``
-    (plus ``model_int8.json``: the float-tensor check passed and the Keras-vs-int8 comparison)."""
+    and ``model_int8.json`` (the float-tensor check passed; the Keras-vs-int8 comparison on the
+    calibration photos, normalised with the spec's mean/std, as ``ran export`` does)."""
 
     FILE = "model_int8.tflite"
 
-    def __init__(self, init_model: Optional[str] = None, compare_images: Optional[np.ndarray] = None):
+    def __init__(self, init_model: Optional[str] = None, spec=None, samples: int = 8):
         super().__init__("qat")
-        self.init_model = init_model
-        self.compare_images = compare_images
+        self.init_model, self.spec, self.samples = init_model, spec, samples
 
     def apply(self, model):
         if self.init_model:
             from ran_keras.builder import load_model
-            float_weights(model, load_model(self.init_model))
+            copy_weights_by_name(model, load_model(self.init_model))
         return quantize(model)
 
     def export(self, model, model_dir: Path) -> None:
         import json
         from ran_keras import fileio
+        from ran_keras.export import calibration
         from ran_keras.export.flatbuffer import inspect_tflite
+        from ran_keras.export.tflite import compare_with_keras, input_shape_of
         data = to_int8(model)
-        fileio.write_bytes(Path(model_dir) / self.FILE, data)
+        h, _, c = input_shape_of(model)
+        images, source = calibration.calibration_set("photos", self.samples, h, spec=self.spec, channels=c)
         report: Dict[str, Any] = {"tflite": inspect_tflite(data).to_dict(), "integer_only": True,
-                                  "representative_dataset": None}
-        if self.compare_images is not None:
-            from ran_keras.export.tflite import compare_with_keras
-            report["agreement"] = compare_with_keras(model, data, self.compare_images)
+                                  "representative_dataset": None, "compared_on": source,
+                                  "agreement": compare_with_keras(model, data, images)}
+        fileio.write_bytes(Path(model_dir) / self.FILE, data)
         fileio.write_text(Path(model_dir) / "model_int8.json", json.dumps(report, indent=1) + "\n")
+
+
+def copy_weights_by_name(target, source) -> None:
+    """Copy a float model's weights into ``target`` layer by layer and variable by variable, by
+    name; raises QuantizationError naming any weight of ``target`` that ``source`` lacks."""
+    missing = []
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        try:
+            by_name = {_short(v): v for v in source.get_layer(layer.name).weights}
+        except ValueError:
+            by_name = {}
+        for variable in layer.weights:
+            if _short(variable) not in by_name or tuple(by_name[_short(variable)].shape) != tuple(variable.shape):
+                missing.append(f"{layer.name}/{_short(variable)}")
+            else:
+                variable.assign(by_name[_short(variable)])
+    if missing:
+        raise QuantizationError(f"{source.name} has no weight of the same name and shape for: {', '.join(missing[:10])}"
+                                + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
