@@ -41,6 +41,7 @@ LAYER_EXAMPLES = {
     "BorderBias": {},
     "EdgePad": {"pad": 2},
     "ChannelLayerNorm": {"epsilon": 1e-6},
+    "Rsqrt": {"floor": 1e-5},
 }
 
 
