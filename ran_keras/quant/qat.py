@@ -43,6 +43,11 @@ def quantize(model):
     nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
     if nested:
         raise QuantizationError(f"{model.name}: nested models cannot be quantised by tfmot: {', '.join(nested)}")
+    unknown = [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
+               if configs.config_for(layer) is None and not type(layer).__module__.startswith("tf_keras.")]
+    if unknown:
+        raise QuantizationError(f"{model.name}: no QuantizeConfig for the custom layer(s) {', '.join(unknown)}; "
+                                "add one to LAYER_CONFIGS in ran_keras/quant/configs.py")
     annotated = keras.models.clone_model(model, clone_function=_annotate)
     try:
         with _qk.quantize_scope(configs.scope()):
