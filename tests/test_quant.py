@@ -123,3 +123,29 @@ def test_a_layer_without_config_is_refused_by_name():
     out = keras.layers.Conv2D(4, 3)(Doubling(name="doubling")(inp))
     with pytest.raises(QuantizationError, match=r"custom layer\(s\) doubling \(Doubling\); add one to LAYER_CONFIGS"):
         quantize(keras.Model(inp, out))
+
+
+@pytest.mark.parametrize("target", ["u55-128", "u65-256"])
+def test_qat_int8_of_ran_e_blocks_and_convnext_runs_wholly_on_the_npu(target, tmp_path):
+    from ran_keras.export.vela import run_vela
+    specs = {
+        "ran_e": NetworkSpec(name="qe", activation="hard_swish", input_size=32, alpha_init=0.4,
+                             stem=(BlockSpec("conv", channels=16, kernel=3, stride=2),),
+                             stages=((BlockSpec("afrb1", channels=16, stride=2, expansion=3),
+                                      BlockSpec("afrb2", channels=16, expansion=3, pad_expanded=True),
+                                      BlockSpec("afrb3", channels=16, expansion=2),
+                                      BlockSpec("collapsed", channels=16, mid_channels=8),
+                                      BlockSpec("ibn", channels=24, expansion=4, stride=2)),)),
+        "convnext": NetworkSpec(name="qc", activation="gelu", input_size=32, head=(), classifier_norm="ln",
+                                stem=(BlockSpec("conv", channels=16, kernel=4, stride=4, norm="ln", bias=True,
+                                                activation="linear"),),
+                                stages=((BlockSpec("convnext", channels=16, expansion=2),),
+                                        (BlockSpec("convnext_down", channels=32),
+                                         BlockSpec("convnext", channels=32, expansion=2)))),
+    }
+    for key, spec in specs.items():
+        qat = quantize(ran_keras.create_model(spec, (32, 32, 3), classes=10, seed=0))
+        _calibrate(qat, (32, 32, 3))
+        path = tmp_path / f"{key}.tflite"
+        path.write_bytes(to_int8(qat))
+        assert run_vela(path, target, tmp_path / key).cpu_ops == [], key
