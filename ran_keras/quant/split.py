@@ -4,8 +4,8 @@ LayerNorm as a chain of one-op layers.
 
 tfmot wraps layers, and a ``SharedAlphaPReLU`` is one layer called at two places of an AFRB on
 tensors of different widths. Here each call becomes a ``LeakyReLU`` with the slope that call uses
-(``alpha`` at ``<name>``, ``1 - alpha`` at ``<name>_complement``, ``_2`` added to an afrb3's second pair): the same function, one TFLite
-LEAKY_RELU each (a lookup table on Ethos-U). The alpha is frozen at its current value, which is
+(``alpha`` at ``<name>``, ``1 - alpha`` at ``<name>_complement``, ``_2`` added for an afrb3's
+second pair): the same function, one TFLite LEAKY_RELU each (a lookup table on Ethos-U). The alpha is frozen at its current value, which is
 what QAT fine-tuning of a searched (or trained) network wants. tfmot folds a BatchNorm only into
 the convolution before it; one elsewhere (an AFRB's pre-BN) becomes the per-channel affine map it
 computes at inference, ``x * gamma / sqrt(var + eps) + (beta - mean * that)``, as a 1x1
@@ -66,8 +66,7 @@ def _standalone_bn(layer, node) -> bool:
 
 def bn_as_depthwise(layer):
     """A built 1x1 DepthwiseConv2D computing ``layer`` (a BatchNormalization) in inference mode."""
-    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in layer.get_weights()) if layer.scale and layer.center \
-        else _bn_parts(layer)
+    gamma, beta, mean, var = _bn_parts(layer)
     scale = gamma / np.sqrt(var + layer.epsilon)
     dw = keras.layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
     dw.build(layer.input_shape)
