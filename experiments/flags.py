@@ -68,7 +68,18 @@ def config_from_flags(default_recipe: str = "ran_e", **forced: Any) -> TrainConf
             value = forced[name]
         overrides[name] = value
     recipe = FLAGS.recipe if FLAGS.recipe is not None else default_recipe
-    return resolve_config(recipe, overrides)
+    cfg = resolve_config(recipe, overrides)
+    check_outputs(cfg)
+    return cfg
+
+
+def check_outputs(cfg: TrainConfig) -> None:
+    """--model_dir and --json FILE must be writable: checked before TensorFlow starts."""
+    from ran_keras import fileio
+    if cfg.model_dir:
+        fileio.check_output_dir(cfg.model_dir, "--model_dir")
+    if FLAGS.json not in (None, "-"):
+        fileio.check_output_file(FLAGS.json, "--json")
 
 
 def help_text(program: str, summary: str, extra: Sequence[str] = ()) -> str:
@@ -89,6 +100,12 @@ def emit_json(data: Any) -> None:
     if FLAGS.json:
         from ran_keras.cli.common import emit_json as emit
         emit(data, FLAGS.json)
+
+
+def _is_non_finite_loss(err: Exception) -> bool:
+    """Without importing the trainer (and TensorFlow) when it never ran: a bad flag stays fast."""
+    trainer = sys.modules.get("ran_keras.train.trainer")
+    return trainer is not None and isinstance(err, trainer.NonFiniteLossError)
 
 
 def run_main(main: Callable[[List[str]], Optional[int]], argv: Sequence[str], program: str, summary: str,
@@ -115,9 +132,8 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Sequence[str], pr
     try:
         return int(main(rest) or 0)
     except RanError as err:
-        from ran_keras.train.trainer import NonFiniteLossError
         print(f"{program}: error: {err}", file=sys.stderr)
-        return 3 if isinstance(err, NonFiniteLossError) else 2
+        return 3 if _is_non_finite_loss(err) else 2
     except KeyboardInterrupt:
         print(f"{program}: interrupted (re-run with the same --model_dir to resume from the last checkpoint)",
               file=sys.stderr)

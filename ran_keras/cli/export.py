@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -19,9 +20,20 @@ def _csv_list(value: str) -> List[str]:
 
 def _floats(value: str) -> List[float]:
     try:
-        return [float(v) for v in value.split(",")]
+        numbers = [float(v) for v in value.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 127.5 or 123.7,116.3,103.5, got {value!r}") from None
+        numbers = []
+    if not numbers or not all(math.isfinite(v) for v in numbers):
+        raise argparse.ArgumentTypeError(f"expected numbers like 127.5 or 123.7,116.3,103.5, got {value!r}")
+    return numbers
+
+
+def _positive_floats(value: str) -> List[float]:
+    numbers = _floats(value)
+    if not all(v > 0 for v in numbers):
+        raise argparse.ArgumentTypeError(f"expected positive numbers (the input is divided by them) like 127.5 or "
+                                         f"58.4,57.1,57.4, got {value!r}")
+    return numbers
 
 
 def _progress(msg: str) -> None:
@@ -46,7 +58,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, int8_flags: bool = True) -> N
     p.add_argument("--tfds-data-dir", help="TFDS data_dir for --calibration tfds:...")
     p.add_argument("--input-mean", type=_floats, help="override the input mean (0-255 scale; saved Keras models "
                                                         "carry none, default 127.5)")
-    p.add_argument("--input-std", type=_floats, help="override the input std (default 127.5 for saved models)")
+    p.add_argument("--input-std", type=_positive_floats, help="override the input std (default 127.5 for saved models)")
     if int8_flags:
         p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default per channel)")
 
