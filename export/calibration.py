@@ -176,7 +176,8 @@ def calibration_set(source=DEFAULT_SOURCE, count: int = DEFAULT_COUNT, size: int
     _check_normalisation(norm)
     images, info = load_images(source, count, size, channels, seed, data_dir)
     info["input_mean"], info["input_std"] = list(norm.input_mean), list(norm.input_std)
-    x = photos.normalize(images, norm)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = photos.normalize(images, norm)
     if not np.all(np.isfinite(x)):
         raise CalibrationError(f"input mean {list(norm.input_mean)} / std {list(norm.input_std)} turn the calibration "
                                "images into inf/NaN (float32 overflow); the std must be a positive number on the "

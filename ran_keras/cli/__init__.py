@@ -37,6 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ran_keras.errors import RanError
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.formatwarning
     warnings.formatwarning = lambda message, *_args, **_kw: f"ran {args.command}: warning: {message}\n"
     try:
         _check_outputs(args)
@@ -51,6 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    finally:
+        warnings.formatwarning = shown
 
 
 def _check_outputs(args) -> None:

@@ -307,7 +307,7 @@ def cmd_vela(args) -> int:
 
 def cmd_hwtable(args) -> int:
     from ran_keras.export import hwtable
-    from ran_keras.export.errors import CpuOpsError
+    from ran_keras.export.errors import CpuOpsError, IncompleteTableError
     settings = hwtable.Settings(
         models=tuple(args.models or hwtable.DEFAULT_MODELS), targets=tuple(args.targets or hwtable.DEFAULT_TARGETS),
         activation=args.activation, input_size=args.input_size, classes=args.classes, seed=args.seed,
@@ -315,7 +315,7 @@ def cmd_hwtable(args) -> int:
         compare=not args.no_compare, jobs=args.jobs, cache=not args.no_cache, fail_on_cpu_ops=args.fail_on_cpu_ops)
     try:
         doc, failure = hwtable.run(settings, args.output_dir, progress=_progress), None
-    except CpuOpsError as err:  # --fail-on-cpu-ops: the table is finished and written; show it, then fail
+    except (CpuOpsError, IncompleteTableError) as err:  # the table is written (failed rows marked): show it, fail
         if err.document is None:
             raise
         doc, failure = err.document, err
