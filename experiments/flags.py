@@ -56,6 +56,10 @@ def _define() -> None:
 
 if "batch_size" not in FLAGS:
     _define()
+if "memory_check" not in FLAGS:
+    flags.DEFINE_boolean("memory_check", True, "refuse to start when the run's estimated memory (weights, optimizer "
+                                               "state, the batch's activations) exceeds what the machine has "
+                                               "(--nomemory_check: try anyway)")
 
 
 def config_from_flags(default_recipe: str = "ran_e", **forced: Any) -> TrainConfig:
@@ -82,9 +86,26 @@ def check_outputs(cfg: TrainConfig) -> None:
         fileio.check_output_file(FLAGS.json, "--json")
 
 
+def check_memory(cfg: TrainConfig, spec) -> None:
+    """Refuse a run whose estimated memory exceeds the machine's, naming the setting (before TensorFlow)."""
+    if not FLAGS.memory_check:
+        return
+    from ran_keras.analysis import memory
+    from ran_keras.spec import scale_width
+    if cfg.width != 1.0:
+        spec = scale_width(spec, cfg.width, rounding="round")
+    size = cfg.image_size or spec.input_size
+    estimate = memory.training(spec, image_size=size, classes=cfg.classes or 10, batch_size=cfg.batch_size,
+                               optimizer=cfg.optimizer, dtype=cfg.dtype, ema=cfg.ema)
+    memory.check(estimate, {"activations": "--batch_size", "input batch": "--batch_size",
+                            "weights, gradients and optimizer state": "--width (or a smaller --model)"},
+                 "--nomemory_check")
+
+
 def help_text(program: str, summary: str, extra: Sequence[str] = ()) -> str:
     lines = [f"usage: {program} --model=MODEL --dataset=NAME --model_dir=DIR [--flag=value ...]", "", summary, "",
-             "  --recipe: " + FLAGS["recipe"].help, "  --json: " + FLAGS["json"].help]
+             "  --recipe: " + FLAGS["recipe"].help, "  --json: " + FLAGS["json"].help,
+             "  --[no]memory_check: " + FLAGS["memory_check"].help]
     lines += list(extra)
     groups: Dict[str, List[str]] = {}
     for name, f in FIELDS.items():

@@ -192,6 +192,15 @@ def _plan(settings: Settings) -> Tuple[List[Tuple[str, Any, Any]], str]:
     return specs, reference.label
 
 
+def _check_memory(plan, settings: Settings) -> None:
+    """Each model's export, times the conversions that run at once, must fit in memory."""
+    from ran_keras.export.pipeline import check_export_memory
+    parallel = min(settings.jobs, len(plan))
+    for _, _, spec in plan:
+        check_export_memory(spec, input_size=settings.input_size, classes=settings.classes,
+                            samples=settings.samples, parallel=parallel)
+
+
 def _saved_spec(path):
     """The spec beside a saved Keras model (for its costs and input normalisation)."""
     from ran_keras.spec import load_sidecar, sidecar_path
@@ -225,6 +234,8 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
     if not targets:
         raise ExportError("no target given; accepted: " + ", ".join(vela.named_targets()))
     plan, ref_label = _plan(settings)
+    if settings.memory_check:
+        _check_memory(plan, settings)
     removed = remove_outputs(out)  # a table left from an earlier run must not pass for this one's
     if removed:
         say(f"hwtable: removed the previous table ({', '.join(p.name for p in removed)})")

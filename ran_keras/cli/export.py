@@ -59,8 +59,14 @@ def _add_model_args(p: argparse.ArgumentParser, *, int8_flags: bool = True) -> N
     p.add_argument("--input-mean", type=_floats, help="override the input mean (0-255 scale; saved Keras models "
                                                         "carry none, default 127.5)")
     p.add_argument("--input-std", type=_positive_floats, help="override the input std (default 127.5 for saved models)")
+    _add_memory_flag(p)
     if int8_flags:
         p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default per channel)")
+
+
+def _add_memory_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="export even when the estimated memory (weights, calibration images) exceeds the machine's")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -127,6 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="convert again even when out/tflite has the model")
     p.add_argument("--fail-on-cpu-ops", action="store_true", help="exit 1 when any operator falls back to the CPU")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    _add_memory_flag(p)
     add_json_arg(p)
     p.set_defaults(func=cmd_hwtable)
 
@@ -157,7 +164,7 @@ def _export(args, model: str, *, int8: bool = True, compare: bool = True, output
                         activation=args.activation, seed=args.seed, calibration=args.calibration,
                         samples=args.samples, int8=int8, per_channel=not getattr(args, "per_tensor", False),
                         compare=compare, mean=args.input_mean, std=args.input_std, data_dir=args.tfds_data_dir,
-                        progress=say)
+                        progress=say, memory_check=not args.no_memory_check)
 
 
 def _print_export(rep: Dict[str, Any]) -> None:
@@ -312,7 +319,8 @@ def cmd_hwtable(args) -> int:
         models=tuple(args.models or hwtable.DEFAULT_MODELS), targets=tuple(args.targets or hwtable.DEFAULT_TARGETS),
         activation=args.activation, input_size=args.input_size, classes=args.classes, seed=args.seed,
         calibration=args.calibration, samples=args.samples, per_channel=not args.per_tensor,
-        compare=not args.no_compare, jobs=args.jobs, cache=not args.no_cache, fail_on_cpu_ops=args.fail_on_cpu_ops)
+        compare=not args.no_compare, jobs=args.jobs, cache=not args.no_cache, fail_on_cpu_ops=args.fail_on_cpu_ops,
+        memory_check=not args.no_memory_check)
     try:
         doc, failure = hwtable.run(settings, args.output_dir, progress=_progress), None
     except (CpuOpsError, IncompleteTableError) as err:  # the table is written (failed rows marked): show it, fail
