@@ -87,16 +87,20 @@ def check_outputs(cfg: TrainConfig) -> None:
 
 
 def check_memory(cfg: TrainConfig, spec) -> None:
-    """Refuse a run whose estimated memory exceeds the machine's, naming the setting (before TensorFlow)."""
-    if not FLAGS.memory_check:
-        return
+    """Refuse a CPU run whose estimated memory exceeds the machine's, naming the setting (before
+    TensorFlow). On a GPU or TPU the activations live in device memory, unknown here: not checked.
+    A multi-worker run counts this worker's share of the global batch."""
     from ran_keras.analysis import memory
+    if not FLAGS.memory_check or cfg.strategy == "tpu" or memory.accelerator_present():
+        return
     from ran_keras.spec import scale_width
     if cfg.width != 1.0:
         spec = scale_width(spec, cfg.width, rounding="round")
     size = cfg.image_size or spec.input_size
-    estimate = memory.training(spec, image_size=size, classes=cfg.classes or 10, batch_size=cfg.batch_size,
-                               optimizer=cfg.optimizer, dtype=cfg.dtype, ema=cfg.ema)
+    workers = memory.cluster_workers() if cfg.strategy == "multi_worker_mirrored" else 1
+    estimate = memory.training(spec, image_size=size, classes=cfg.classes or 10,
+                               batch_size=-(-cfg.batch_size // workers), optimizer=cfg.optimizer, dtype=cfg.dtype,
+                               ema=cfg.ema)
     memory.check(estimate, {"activations": "--batch_size", "input batch": "--batch_size",
                             "weights, gradients and optimizer state": "--width (or a smaller --model)"},
                  "--nomemory_check")

@@ -9,6 +9,9 @@ setting, instead of being killed by the kernel minutes later. No TensorFlow, no 
 
 from __future__ import annotations
 
+import glob
+import json
+import os
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -85,6 +88,24 @@ def export(spec, *, image_size: int, classes: int, samples: int) -> Estimate:
         "calibration images": samples * image_size * image_size * channels * (1 + 4),
         "activations": _activation_elements(prof) * 4,
     })
+
+
+def accelerator_present() -> bool:
+    """A GPU this process may use (NVIDIA or ROCm device files, not hidden by CUDA_VISIBLE_DEVICES):
+    training then keeps its activations in the GPU's memory, which is unknown before TensorFlow starts."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
+
+
+def cluster_workers() -> int:
+    """Processes of a multi-worker run (TF_CONFIG's chief + workers), 1 without one."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+        return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+    except (ValueError, AttributeError, TypeError):
+        return 1
 
 
 def available_bytes() -> Optional[int]:
