@@ -221,7 +221,11 @@ def _paper(ref) -> Optional[Dict[str, Any]]:
 
 
 def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Build, export and compile every model for every target; write the table files; return the JSON."""
+    """Build, export and compile every model for every target; write the table files; return the JSON.
+
+    The previous run's table files go first. A model whose export fails, or a target whose Vela
+    compile fails, is marked with its reason while the rest finish; the table is then written
+    and IncompleteTableError (carrying it) is raised."""
     from ran_keras.export import vela
     from ran_keras.analysis.profiler import profile_spec
     say = progress or (lambda msg: None)

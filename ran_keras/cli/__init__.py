@@ -63,7 +63,7 @@ def _check_outputs(args) -> None:
         value = getattr(args, attr, None)
         if value not in (None, "-"):
             fileio.check_output_file(value, flag)
-    if getattr(args, "output_dir", None):
+    if getattr(args, "output_dir", None) and not getattr(args, "list_targets", False):
         fileio.check_output_dir(args.output_dir, "--output-dir")
 
 

@@ -196,6 +196,8 @@ def cmd_export(args) -> int:
     output = args.output
     if output is None:
         output = str(default_output(args.model, args.activation, int8))
+        from ran_keras import fileio
+        fileio.check_output_file(output, "the default output (-o)")
     elif Path(output).suffix.lower() != ".tflite":
         raise CliError(f"--output must end in .tflite, got {output!r}")
     result = _export(args, args.model, int8=int8, compare=not args.no_compare, output=output)
