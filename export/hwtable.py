@@ -360,7 +360,8 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
     say(f"hwtable: done in {time.perf_counter() - t_start:.1f} s; wrote {', '.join(str(p) for p in paths)}")
     if doc["failures"]:
         from ran_keras.export.errors import IncompleteTableError
-        raise IncompleteTableError(f"{len(doc['failures'])} of {n_models * n_targets} measurements failed (their "
+        lost = sum(n_targets if f["target"] is None else 1 for f in doc["failures"])
+        raise IncompleteTableError(f"{lost} of {n_models * n_targets} measurements failed (their "
                                    "rows are marked in the table): " + "; ".join(
                                        f"{f['model']}{' on ' + f['target'] if f['target'] else ''}: {f['error']}"
                                        for f in doc["failures"]), document=doc)
@@ -523,8 +524,8 @@ def render_csv(doc: Dict[str, Any]) -> str:
         p = m["paper"] or {}
         for t, e in m["targets"].items():
             tg = doc["targets"][t]
-            head = [m["label"], m["activation"], int(m["reference"]), m["params"], m["macs"],
-                    p.get("params", ""), p.get("macs", ""), t, tg["accelerator"], tg["system_config"], tg["memory_mode"]]
+            head = [m["label"], m["activation"], int(m["reference"]), m["params"], m["macs"], p.get("params", ""),
+                    p.get("macs", ""), t, tg["accelerator"], tg["system_config"], tg["memory_mode"]]
             if "error" in e:
                 w.writerow(head + [""] * 11 + [e["error"]])
                 continue

@@ -183,9 +183,12 @@ def load_model(path, compile: bool = False):
             if model is not None:
                 return model
         return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=compile)
+    except PermissionError:
+        raise
     except (TypeError, ValueError, KeyError, AttributeError, OSError, zipfile.BadZipFile) as err:
         detail = str(err).split(". Full object config")[0].splitlines()[0][:300] if str(err) else type(err).__name__
-        raise FileFormatError(path, f"Keras could not rebuild the model from it ({detail})", SAVED_MODEL_KINDS) from None
+        raise FileFormatError(path, f"Keras could not rebuild the model from it ({detail})",
+                              SAVED_MODEL_KINDS) from None
 
 
 #: what load_model reads, for error messages
