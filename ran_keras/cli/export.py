@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from ran_keras.cli.common import CliError, add_json_arg, emit_json, nonneg_int, positive_int
+from ran_keras.cli.common import (CliError, add_json_arg, emit_json, floats, nonneg_int, positive_floats,
+                                  positive_int)
 
 
 def _csv_list(value: str) -> List[str]:
@@ -16,24 +16,6 @@ def _csv_list(value: str) -> List[str]:
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {value!r}")
     return items
-
-
-def _floats(value: str) -> List[float]:
-    try:
-        numbers = [float(v) for v in value.split(",")]
-    except ValueError:
-        numbers = []
-    if not numbers or not all(math.isfinite(v) for v in numbers):
-        raise argparse.ArgumentTypeError(f"expected numbers like 127.5 or 123.7,116.3,103.5, got {value!r}")
-    return numbers
-
-
-def _positive_floats(value: str) -> List[float]:
-    numbers = _floats(value)
-    if not all(v > 0 for v in numbers):
-        raise argparse.ArgumentTypeError(f"expected positive numbers (the input is divided by them) like 127.5 or "
-                                         f"58.4,57.1,57.4, got {value!r}")
-    return numbers
 
 
 def _progress(msg: str) -> None:
@@ -56,9 +38,9 @@ def _add_model_args(p: argparse.ArgumentParser, *, int8_flags: bool = True) -> N
     p.add_argument("--samples", type=positive_int, default=settings.CALIBRATION_COUNT,
                    help=f"calibration images (default {settings.CALIBRATION_COUNT})")
     p.add_argument("--tfds-data-dir", help="TFDS data_dir for --calibration tfds:...")
-    p.add_argument("--input-mean", type=_floats, help="override the input mean (0-255 scale; saved Keras models "
+    p.add_argument("--input-mean", type=floats, help="override the input mean (0-255 scale; saved Keras models "
                                                         "carry none, default 127.5)")
-    p.add_argument("--input-std", type=_positive_floats, help="override the input std (default 127.5 for saved models)")
+    p.add_argument("--input-std", type=positive_floats, help="override the input std (default 127.5 for saved models)")
     _add_memory_flag(p)
     if int8_flags:
         p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default per channel)")
