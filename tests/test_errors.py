@@ -134,6 +134,15 @@ def test_damaged_and_foreign_files_are_one_line_naming_file_and_expectation(save
     assert code == 2 and one_line(err) and message.format(d=saved) in err, err
 
 
+def test_ran_eval_names_a_damaged_tflite(saved, capsys, tmp_path):
+    from PIL import Image
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "0.png")
+    code, _, err = run(capsys, "eval", "--model", saved / "cut.tflite", "--image_folder", tmp_path)
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"ran eval: error: {saved}/cut.tflite: truncated or damaged TFLite")
+
+
 def test_the_intact_files_load(saved, capsys):
     from ran_keras.export.flatbuffer import inspect_tflite
     assert inspect_tflite(saved / "ok.tflite").ops
