@@ -21,6 +21,9 @@ class SpecError(RanError, ValueError):
         text = f"{path}: {message}" if path else message
         super().__init__(f"{source}: {text}" if source else text)
 
+    def __reduce__(self):  # picklable, so a worker process can send it back
+        return type(self), (self.path, self.detail, self.source)
+
     def in_file(self, source: str) -> "SpecError":
         """The same error, naming the file it was read from."""
         return SpecError(self.path, self.detail, source=source)
@@ -30,8 +33,11 @@ class FileFormatError(RanError, ValueError):
     """A file that exists but is not what was expected (damaged, truncated, another format)."""
 
     def __init__(self, path, found: str, expected: str):
-        self.path = str(path)
+        self.path, self.found, self.expected = str(path), found, expected
         super().__init__(f"{self.path}: {found}; expected {expected}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.found, self.expected)
 
 
 class UnknownModelError(RanError, KeyError):
@@ -39,6 +45,7 @@ class UnknownModelError(RanError, KeyError):
 
     def __init__(self, name: str, known: Iterable[str]):
         known = sorted(known)
+        self.known = known
         close = suggestions(name, known, n=4, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         self.name = name
@@ -48,6 +55,9 @@ class UnknownModelError(RanError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message
+
+    def __reduce__(self):
+        return type(self), (self.name, self.known)
 
 
 class ConfigError(RanError, ValueError):

@@ -269,3 +269,14 @@ def test_scale_exits_non_zero_when_a_budget_is_not_met(capsys):
     code, _, _ = run(capsys, "scale", "--base", "convnext_tiny", "--macs", "4e9", "--tolerance", "50%",
                      "--samples", "20")
     assert code == 0
+
+
+def test_errors_survive_the_trip_back_from_a_worker_process():
+    """ran hwtable's conversion workers send errors back pickled; one that cannot be rebuilt would
+    break the whole pool instead of marking one row."""
+    import pickle
+    from ran_keras.errors import FileFormatError, SpecError, UnknownModelError
+    for err in (SpecError("stages[0]", "bad", source="x.json"), FileFormatError("m.keras", "not a zip", "a .keras"),
+                UnknownModelError("ran_e_gtt", ["ran_e_gt"])):
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is type(err) and str(again) == str(err)
