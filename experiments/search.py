@@ -75,6 +75,7 @@ def main(argv: List[str]) -> int:
         spec = model_spec(cfg)          # a bad --model fails before TensorFlow starts
         prelu.require_afrbs(spec)
     band = prelu.check_band(_floats(FLAGS.band, "band"))
+    flags_lib.check_memory(cfg, spec)
     lambdas = FLAGS.lambdas if FLAGS.lambdas is not None else (
         list(DEMO_LAMBDAS) if demo and not FLAGS["lambda"].present else None)
     fold = FLAGS.fold if FLAGS.fold is not None else demo

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from typing import Optional
 
 #: lines the converter and interpreter print from C++ on every run; other stderr lines are kept
 _CPP_NOISE = (
@@ -34,14 +35,22 @@ def quiet():
 
 
 
-def interpreter(model_content: bytes, *, threads: int = 1, preserve_all_tensors: bool = False):
+def interpreter(model_content: bytes, *, threads: int = 1, preserve_all_tensors: bool = False,
+                name: Optional[str] = None):
     """An allocated LiteRT interpreter for a flatbuffer; its routine start-up chatter is filtered.
 
     ``preserve_all_tensors`` keeps intermediate tensors readable (e.g. the logits before a softmax).
+    A flatbuffer the interpreter cannot read raises TFLiteFileError naming ``name`` (the file).
     """
     from ai_edge_litert.interpreter import Interpreter
+    try:
+        with quiet():
+            interp = Interpreter(model_content=bytes(model_content), num_threads=threads,
+                                 experimental_preserve_all_tensors=preserve_all_tensors)
+    except ValueError as err:
+        from ran_keras.export.errors import TFLiteFileError
+        raise TFLiteFileError(f"{name or 'the model'}: the TFLite interpreter cannot read it ({err}); expected a "
+                              "complete .tflite file") from None
     with quiet():
-        interp = Interpreter(model_content=bytes(model_content), num_threads=threads,
-                             experimental_preserve_all_tensors=preserve_all_tensors)
         interp.allocate_tensors()
     return interp

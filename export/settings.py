@@ -36,6 +36,7 @@ class Settings:
     jobs: int = 2
     cache: bool = True
     fail_on_cpu_ops: bool = False
+    memory_check: bool = True
 
     def __post_init__(self) -> None:
         self.activation = check_activation(self.activation)
@@ -44,7 +45,7 @@ class Settings:
     def public(self) -> Dict[str, Any]:
         """What the results depend on (not how they were scheduled)."""
         out = asdict(self)
-        for key in ("jobs", "cache", "fail_on_cpu_ops"):
+        for key in ("jobs", "cache", "fail_on_cpu_ops", "memory_check"):
             out.pop(key)
         out["models"], out["targets"] = list(self.models), list(self.targets)
         return out

@@ -149,6 +149,8 @@ class TrainConfig:
 
 
 FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+#: the settings that say where the data comes from (one at a time)
+DATA_SOURCES = ("dataset", "image_folder")
 
 #: The named presets. Values not listed keep TrainConfig's defaults.
 RECIPES: Dict[str, Dict[str, Any]] = {
@@ -191,11 +193,15 @@ def resolve_config(recipe: Optional[str] = None, overrides: Optional[Mapping[str
     name = check_recipe(recipe)
     if name != "none":
         values.update(RECIPES[name])
-    for key, value in (overrides or {}).items():
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key in given:
         if key not in FIELDS:
             raise ConfigError(f"unknown setting {key!r}{close_matches(key, FIELDS)}")
-        if value is not None:
-            values[key] = value
+    for source in DATA_SOURCES:  # a data source given replaces the recipe's (--recipe=digits --image_folder=X)
+        if source in given:
+            for other in DATA_SOURCES:
+                values.pop(other, None)
+    values.update(given)
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
