@@ -14,7 +14,6 @@ JSON that ``ran profile``, ``ran hwtable`` and ``experiments/train.py`` take dir
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,7 +367,7 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         retrained = train(retrain_cfg, derived, log=log)
         res.retrain_accuracy = retrained.final.get("eval_accuracy")
         res.retrain_dir = retrain_cfg.model_dir
-    fileio.write_text(out_dir / "search.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    fileio.write_json(out_dir / "search.json", res.to_dict())
     log(format_result(res))
     return res
 
@@ -421,7 +420,7 @@ def run_sweep(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lambdas: 
         log(f"=== lambda {lam:g} ===")
         sub = cfg.replace(model_dir=str(root / lambda_tag(lam)))
         results.append(run_search(sub, spec, lam=lam, log=log, **kwargs))
-    fileio.write_text(root / "sweep.json", json.dumps([r.to_dict() for r in results], indent=1) + "\n")
+    fileio.write_json(root / "sweep.json", [r.to_dict() for r in results])
     fileio.write_text(root / "sweep.md", format_sweep(results, markdown=True) + "\n")
     plot_sweep(results, root / "alphas_sweep.png")
     log(format_sweep(results))

@@ -29,6 +29,7 @@ right away rather than deferred (see the toolchain notes); tests check the slot 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as _io
 import json
@@ -41,8 +42,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from ran_keras import fileio
 from ran_keras.backend import keras, tf
 from ran_keras.errors import RanError
+from ran_keras.runlock import FolderLock
 from ran_keras.tasks.base import Task, TaskError
 from ran_keras.train.config import ConfigError, TrainConfig
+from ran_keras.train.seeds import bind_step_seeds
 from ran_keras.train.transforms import ModelTransform
 
 
@@ -189,10 +192,12 @@ class RunResult:
                 "resumed_from": self.resumed_from, "model_path": self.model_path, "history": self.history}
 
 
-#: settings that must not change when a run is resumed (they fix the data order and the schedule);
+#: settings that must not change when a run is resumed (they fix the data order and the learning-rate schedule,
+#: which a changed value would bend mid-run while config.json claimed it for the whole run);
 #: steps_per_epoch and what the task resolves (image_size) are compared as resolved
 RESUME_FIXED = ("batch_size", "dataset", "image_folder", "image_size", "seed", "shuffle_buffer", "steps_per_epoch",
-                "train_split", "validation_fraction")
+                "train_split", "validation_fraction", "epochs", "learning_rate", "lr_reference_batch", "lr_scaling",
+                "schedule", "warmup_epochs", "min_learning_rate")
 #: the loop's own metric, before the task's: the mean of the task's loss over the examples seen
 LOSS = "loss"
 
@@ -262,7 +267,7 @@ class Trainer:
                                             resolved_keys)
         if self.chief:
             fileio.write_text(cfg_path, resolved.to_json())
-            fileio.write_text(spec_path, json.dumps(fingerprint, indent=1) + "\n")
+            fileio.write_json(spec_path, fingerprint)
 
     def _check_resume_settings(self, before: Dict[str, Any], resolved: TrainConfig, resolved_keys) -> None:
         for key in RESUME_FIXED:
@@ -275,7 +280,7 @@ class Trainer:
 
     def _build(self):
         cfg = self.cfg
-        keras.utils.set_random_seed(cfg.seed)   # dropout / drop-path masks, from the start of a run
+        keras.utils.set_random_seed(cfg.seed)   # any randomness not seeded otherwise
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.mixed_precision.set_global_policy(_POLICIES[cfg.dtype])
@@ -291,6 +296,7 @@ class Trainer:
             self.eval_metrics = [keras.metrics.Mean(LOSS)] + list(self.task.build_metrics(False))
         self._check_names()
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        bind_step_seeds(self.model, self.step_var, cfg.seed)   # dropout / drop-path masks: exact on resume
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step_var,
                                               train_metrics=self.train_metrics)
         ckpt_dir = self.model_dir / "checkpoints"
@@ -448,6 +454,17 @@ class Trainer:
                f"saved; {where}. Lower --learning_rate, set --clip_grad_norm, or check the input data.")
         raise NonFiniteLossError(msg, step, latest)
 
+    def _check_eval(self, step: int, row: Dict[str, Any]) -> None:
+        """Stop like a non-finite training loss when the held-out loss is NaN/Inf (nothing is exported)."""
+        value = row.get(f"eval_{LOSS}")
+        if value is None or math.isfinite(value):
+            return
+        latest = self.manager.latest_checkpoint
+        msg = (f"non-finite evaluation loss ({value}) after step {step}: training stopped and no model or "
+               f"results.json was written; the newest checkpoint ({latest}) holds the weights that gave it. Lower "
+               f"--learning_rate, set --clip_grad_norm, or check the held-out data.")
+        raise NonFiniteLossError(msg, step, latest)
+
     def columns(self, rows: Sequence[Dict[str, Any]] = ()) -> List[str]:
         """metrics.csv's columns: epoch, step, learning_rate, train_/eval_<metric>, aggregated ones, seconds."""
         fixed = (["epoch", "step", "learning_rate"] + [f"train_{m.name}" for m in self.train_metrics]
@@ -506,16 +523,18 @@ class Trainer:
     def run(self) -> RunResult:
         """Train (or resume) to the configured number of epochs; returns the final metrics."""
         self._setup()
-        self._check_model_dir()
-        try:
-            self._build()
-            start = self._restore()
-            self.step = start
-            self._describe(start)
-            self._make_steps()
-            return self._loop(start)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+        lock = FolderLock(self.model_dir, log=self.log) if self.chief else contextlib.nullcontext()
+        with lock:
+            self._check_model_dir()
+            try:
+                self._build()
+                start = self._restore()
+                self.step = start
+                self._describe(start)
+                self._make_steps()
+                return self._loop(start)
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
 
     def _loop(self, start: int) -> RunResult:
         writers = {}
@@ -575,6 +594,7 @@ class Trainer:
                "seconds": round(time.time() - t0, 2)}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             row.update(self.evaluate())
+            self._check_eval(step, row)
         history.append(row)
         self._log_epoch(row)
         if self.chief:
@@ -628,6 +648,7 @@ class Trainer:
             self.log("final weights: the exponential moving average (EMA)")
         if cfg.ema or not history or history[-1].get(f"eval_{LOSS}") is None:
             final = self.evaluate()
+            self._check_eval(int(self.step_var.numpy()), final)
         else:
             final = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
         result = RunResult(str(self.model_dir), task.model_name, int(self.step_var.numpy()), self.total_steps,
@@ -640,7 +661,7 @@ class Trainer:
                 transform.export(self.model, self.model_dir)
             record = dict(result.to_dict(), **task.result_fields(), global_batch=cfg.batch_size,
                           replicas=self.replicas)
-            fileio.write_text(self.model_dir / "results.json", json.dumps(record, indent=1) + "\n")
+            fileio.write_json(self.model_dir / "results.json", record)
         self.log(f"done: step {result.steps}, held-out {self._format(final, 'eval_')}; model {result.model_path}")
         return result
 

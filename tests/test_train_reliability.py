@@ -1,0 +1,166 @@
+"""What a training run promises: exact resume with dropout and stochastic depth, one run per folder,
+no results from a non-finite evaluation, strict JSON, checkpoint fallback, multi-worker training."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ran_keras import fileio
+from ran_keras.errors import ConfigError
+from ran_keras.runlock import FolderLock
+from ran_keras.spec import BlockSpec, NetworkSpec
+
+from test_train_loop import RaiseAt, tiny_cfg, tiny_spec
+
+
+def dropout_spec():
+    """Dropout before the classifier and stochastic depth in a ConvNeXt block, both at 0.5."""
+    return NetworkSpec(name="tiny_drop", activation="hard_swish", input_size=16, bn_momentum=0.9,
+                       classifier_dropout=0.5,
+                       stem=(BlockSpec("conv", channels=8, kernel=3, stride=2),),
+                       stages=((BlockSpec("afrb1", channels=8, expansion=2),
+                                BlockSpec("convnext", channels=8, kernel=3, expansion=2, drop_path=0.5)),
+                               (BlockSpec("ibn", channels=12, expansion=2, stride=2),)))
+
+
+def metrics_rows(folder):
+    with open(folder / "metrics.csv", newline="") as fh:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
+def weights(folder):
+    from ran_keras.builder import load_model
+    return load_model(folder / "model.keras").get_weights()
+
+
+# --- exact resume ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dropout_runs(tmp_path_factory):
+    """The same 6-step run of a model with dropout and drop path, uninterrupted and killed at step 5."""
+    from ran_keras.train.trainer import train
+    straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
+    train(tiny_cfg(straight, checkpoint_every=2), dropout_spec())
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(resumed, checkpoint_every=2), dropout_spec(), callbacks=[RaiseAt(step=5)])
+    result = train(tiny_cfg(resumed, checkpoint_every=2), dropout_spec())
+    return straight, resumed, result
+
+
+def test_resume_with_dropout_and_drop_path_is_exact(dropout_runs):
+    straight, resumed, result = dropout_runs
+    assert result.resumed_from == 4 and result.steps == 6
+    for a, b in zip(weights(straight), weights(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert metrics_rows(straight) == metrics_rows(resumed)
+
+
+def test_dropout_masks_depend_on_step_and_layer_not_on_the_process():
+    from ran_keras.backend import tf
+    from ran_keras.train.seeds import StepSeededMasks, layer_key
+    step = tf.Variable(0, dtype=tf.int64)
+    ones = tf.ones((64, 4))
+    masks = StepSeededMasks(layer_key(0, "a"), step.read_value)
+    first = masks.dropout(ones, 0.5).numpy()
+    np.testing.assert_array_equal(first, masks.dropout(ones, 0.5).numpy())         # same step: same mask
+    assert set(np.unique(first)) == {0.0, 2.0}
+    other_layer = StepSeededMasks(layer_key(0, "b"), step.read_value).dropout(ones, 0.5).numpy()
+    step.assign(1)
+    assert not np.array_equal(first, masks.dropout(ones, 0.5).numpy())            # next step: another mask
+    assert not np.array_equal(first, other_layer)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 3}, "--epochs was 2, now 3"),
+    ({"learning_rate": 0.02}, "--learning_rate was 0.01, now 0.02"),
+])
+def test_resume_refuses_a_changed_schedule(dropout_runs, change, message):
+    from ran_keras.train.trainer import train
+    _, resumed, _ = dropout_runs
+    before = (resumed / "config.json").read_text()
+    with pytest.raises(ConfigError, match=re.escape(f"cannot resume {resumed}: {message}")):
+        train(tiny_cfg(resumed, checkpoint_every=2, **change), dropout_spec())
+    assert (resumed / "config.json").read_text() == before
+
+
+# --- one run per folder --------------------------------------------------------------------------------
+
+HOLD = textwrap.dedent("""
+    import sys
+    from ran_keras.runlock import FolderLock
+    lock = FolderLock(sys.argv[1]).acquire()
+    print("HELD", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_a_second_run_in_a_locked_folder_is_refused_with_the_first_ones_pid(tmp_path):
+    from ran_keras.train.trainer import train
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(ConfigError, match=rf"is in use by another run \(process {holder.pid} on "):
+            train(tiny_cfg(tmp_path), tiny_spec())
+        assert not (tmp_path / "config.json").exists()
+    finally:
+        holder.communicate("", timeout=30)
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "HELD"
+    holder.kill()
+    holder.wait(timeout=30)
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == holder.pid   # left behind
+    said = []
+    with FolderLock(tmp_path, log=said.append):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(ConfigError, match=rf"process {os.getpid()} "):
+            FolderLock(tmp_path).acquire()   # held: even a second lock in the same process is refused
+    assert said and f"left by process {holder.pid}" in said[0]
+    with FolderLock(tmp_path, log=said.append):   # released cleanly: nothing stale to report
+        pass
+    assert len(said) == 1
+
+
+def test_a_folder_that_cannot_hold_a_lock_is_refused_clearly(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(ConfigError, match=rf"--model_dir={re.escape(str(path))}: cannot create its lock file"):
+        FolderLock(path).acquire()
+
+
+# --- non-finite evaluation, strict JSON ----------------------------------------------------------------
+
+def test_non_finite_evaluation_loss_stops_the_run_and_writes_no_results(tmp_path):
+    from ran_keras.train.trainer import Callback, NonFiniteLossError, train
+
+    class BreakBatchNorm(Callback):   # negative moving variances: finite weights, NaN at evaluation only
+        def on_step_end(self, trainer, step, logs):
+            if step == 3:
+                for v in trainer.model.variables:
+                    if "moving_variance" in v.name:
+                        v.assign(-np.ones(v.shape, np.float32))
+
+    with pytest.raises(NonFiniteLossError, match=r"non-finite evaluation loss \(nan\) after step 3") as err:
+        train(tiny_cfg(tmp_path), tiny_spec(), callbacks=[BreakBatchNorm()])
+    assert err.value.checkpoint.endswith("ckpt-3")
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "model.keras").exists()
+
+
+def test_json_is_written_strictly_or_not_at_all(tmp_path):
+    path = tmp_path / "out.json"
+    with pytest.raises(fileio.NonFiniteJSONError, match=r"final\.eval_loss=nan"):
+        fileio.write_json(path, {"final": {"eval_loss": float("nan"), "eval_accuracy": 0.5}})
+    assert not path.exists() and not list(tmp_path.iterdir())
+    fileio.write_json(path, {"a": [1.5, None]})
+    assert json.loads(path.read_text()) == {"a": [1.5, None]}
