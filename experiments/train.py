@@ -27,7 +27,8 @@ def main(argv: List[str]) -> int:
     spec = model_spec(cfg)              # a bad --model fails before TensorFlow starts
     from ran_keras.train import trainer
     result = trainer.train(cfg, spec)  # applies --width, --activation, --drop_path_rate to it
-    flags_lib.emit_json(result.to_dict())
+    if result.chief:                   # the other workers of a cluster write nothing
+        flags_lib.emit_json(result.to_dict())
     return 0
 
 

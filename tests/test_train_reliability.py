@@ -40,26 +40,78 @@ def weights(folder):
     return load_model(folder / "model.keras").get_weights()
 
 
-# --- exact resume ------------------------------------------------------------------------------------
+# --- exact resume, of a search killed mid-epoch --------------------------------------------------------------
+
+KILLED_SEARCH = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, sys.argv[2])
+    from ran_keras.search import prelu
+    from test_train_loop import tiny_cfg
+    from test_train_reliability import dropout_spec
+    logged = prelu.AlphaLogger.on_step_end
+    def dying(self, trainer, step, logs):
+        logged(self, trainer, step, logs)
+        if step == 5:
+            os._exit(9)   # like a kill: nothing flushed, no clean-up
+    prelu.AlphaLogger.on_step_end = dying
+    prelu.run_search(tiny_cfg(sys.argv[1], checkpoint_every=2, log_every=1), dropout_spec(), lam=0.01, log=print)
+""")
+
+
+def search_cfg(folder):
+    return tiny_cfg(folder, checkpoint_every=2, log_every=1)
+
 
 @pytest.fixture(scope="module")
 def dropout_runs(tmp_path_factory):
-    """The same 6-step run of a model with dropout and drop path, uninterrupted and killed at step 5."""
-    from ran_keras.train.trainer import train
+    """The same 6-step search of a model with dropout and drop path: uninterrupted, and killed at step 5
+    (checkpoint at 4) then resumed."""
+    from ran_keras.search.prelu import run_search
     straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
-    train(tiny_cfg(straight, checkpoint_every=2), dropout_spec())
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(resumed, checkpoint_every=2), dropout_spec(), callbacks=[RaiseAt(step=5)])
-    result = train(tiny_cfg(resumed, checkpoint_every=2), dropout_spec())
-    return straight, resumed, result
+    run_search(search_cfg(straight), dropout_spec(), lam=0.01, log=lambda _: None)
+    proc = subprocess.run([sys.executable, "-c", KILLED_SEARCH, str(resumed), os.path.dirname(__file__)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 9, (proc.stdout + proc.stderr)[-2000:]
+    after_kill = tensorboard_scalars(resumed / "tensorboard" / "train")
+    said = []
+    result = run_search(search_cfg(resumed), dropout_spec(), lam=0.01, log=said.append)
+    assert "resumed from " in "\n".join(said) and result.steps == 6
+    return straight, resumed, after_kill
+
+
+def tensorboard_scalars(folder):
+    from ran_keras.backend import tf
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            event = tf.compat.v1.Event.FromString(record)
+            for value in event.summary.value:
+                out.append((value.tag, event.step, float(tf.make_ndarray(value.tensor))))
+    return sorted(out)
 
 
 def test_resume_with_dropout_and_drop_path_is_exact(dropout_runs):
-    straight, resumed, result = dropout_runs
-    assert result.resumed_from == 4 and result.steps == 6
+    straight, resumed, _ = dropout_runs
     for a, b in zip(weights(straight), weights(resumed)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert metrics_rows(straight) == metrics_rows(resumed)
+    rows_a, rows_b = metrics_rows(straight), metrics_rows(resumed)
+    assert [r.keys() for r in rows_a] == [r.keys() for r in rows_b] and len(rows_a) == 2
+    for ra, rb in zip(rows_a, rows_b):   # the resumed epoch's row covers all its steps
+        np.testing.assert_allclose([float(v or 0) for v in ra.values()], [float(v or 0) for v in rb.values()],
+                                   rtol=1e-5)
+
+
+def test_a_killed_search_resumes_with_the_logs_of_an_uninterrupted_one(dropout_runs):
+    from ran_keras.search.prelu import read_alpha_csv
+    straight, resumed, after_kill = dropout_runs
+    assert max(step for _, step, _ in after_kill) == 5   # the kill left step 5 in the logs
+    a, b = (np.array(read_alpha_csv(d / "alphas.csv", 1)) for d in (straight, resumed))
+    assert list(b[:, 0]) == list(a[:, 0]) == list(range(7))
+    np.testing.assert_allclose(a, b, atol=2e-6)
+    for part in ("train", "eval"):
+        ta, tb = (tensorboard_scalars(d / "tensorboard" / part) for d in (straight, resumed))
+        assert [t[:2] for t in ta] == [t[:2] for t in tb]   # each (tag, step) once, none missing
+        np.testing.assert_allclose([t[2] for t in ta], [t[2] for t in tb], rtol=1e-4, atol=1e-6)
 
 
 def test_dropout_masks_depend_on_step_and_layer_not_on_the_process():
@@ -164,3 +216,32 @@ def test_json_is_written_strictly_or_not_at_all(tmp_path):
     assert not path.exists() and not list(tmp_path.iterdir())
     fileio.write_json(path, {"a": [1.5, None]})
     assert json.loads(path.read_text()) == {"a": [1.5, None]}
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(dropout_runs, tmp_path):
+    import shutil
+    from ran_keras.search.prelu import run_search
+    from ran_keras.train.trainer import train
+    straight, _, _ = dropout_runs
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    for name in ("model.keras", "results.json"):
+        (run / name).unlink()
+    data = run / "checkpoints" / "ckpt-6.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])   # truncated
+    said = []
+    result = run_search(search_cfg(run), dropout_spec(), lam=0.01, log=said.append)
+    warning = next(line for line in said if line.startswith("warning:"))
+    assert "ckpt-6 is damaged" in warning and "resuming from the newest intact one" in warning
+    assert "ckpt-4 (step 4)" in warning and "delete" not in warning
+    assert any(line.startswith(f"resumed from {run}/checkpoints/ckpt-4 at step 4") for line in said)
+    assert result.steps == 6
+    for a, b in zip(weights(straight), weights(run)):   # and still exact: steps 5-6 trained again
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # every checkpoint damaged: refused before any step, naming each
+    for index in (run / "checkpoints").glob("*.index"):
+        index.write_bytes(b"not a checkpoint index")
+    with pytest.raises(ConfigError, match=r"no checkpoint in .* reads back whole \(.*ckpt-6: .*ckpt-4: .*ckpt-2: "):
+        train(tiny_cfg(run, checkpoint_every=2), dropout_spec())

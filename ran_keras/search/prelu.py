@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -170,6 +171,8 @@ class AlphaLogger:
         from ran_keras.backend import tf
         variables = alpha_variables(trainer.model, self.spec)
         self._read = tf.function(lambda: tf.stack([tf.cast(v, tf.float32) for v in variables]))
+        if not getattr(trainer, "chief", True):   # another worker of a cluster: the chief writes the files
+            return
         self.rows = [r for r in read_alpha_csv(self.path, len(self.labels)) if r[0] <= trainer.step]
         header = ["step", "epoch"] + self.labels
         text = ",".join(header) + "\n" + "".join(_csv_line(r) for r in self.rows)
@@ -183,6 +186,8 @@ class AlphaLogger:
 
     def _append(self, trainer, step: int) -> None:
         from ran_keras.backend import tf
+        if self._fh is None:
+            return
         alphas = self.values()
         row = [step, step / trainer.steps_per_epoch] + alphas
         self.rows.append(row)
@@ -201,7 +206,12 @@ class AlphaLogger:
     def on_epoch_end(self, trainer, epoch: int, logs: Dict[str, float]) -> None:
         if self._fh:
             self._fh.flush()
-        self.plot()
+            self.plot()
+
+    def before_checkpoint(self, trainer, step: int) -> None:
+        if self._fh:   # the rows up to a checkpoint survive a kill (a resumed run keeps exactly those)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def on_train_end(self, trainer, stopped: Optional[str]) -> None:
         if self._fh:
@@ -345,7 +355,8 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
                           activation=derived_activation, input_size=task.image_size,
                           note=f"; lambda {lam:g}, {result.steps} steps on {task.data_name}")
     derived_path = out_dir / "derived_spec.json"
-    derived.save(derived_path)
+    if result.chief:   # the other workers of a cluster write nothing
+        derived.save(derived_path)
     size, classes = task.image_size, task.classes
     shape = (size, size, spec.input_channels)
     n = len(alphas)
@@ -357,7 +368,7 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         macs_all_ibn=profile_spec(realize_afrbs(spec, [False] * n), shape, classes=classes).macs,
         macs_all_collapsed=profile_spec(realize_afrbs(spec, [True] * n), shape, classes=classes).macs,
         params=prof.params, model_dir=str(out_dir), steps=result.steps)
-    if fold:
+    if fold and result.chief:
         _fold_supernet(res, task, band, log)
     if retrain_epochs:
         retrain_cfg = cfg.replace(model_dir=str(out_dir / "retrain"), epochs=retrain_epochs, model=None,
@@ -367,7 +378,8 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         retrained = train(retrain_cfg, derived, log=log)
         res.retrain_accuracy = retrained.final.get("eval_accuracy")
         res.retrain_dir = retrain_cfg.model_dir
-    fileio.write_json(out_dir / "search.json", res.to_dict())
+    if result.chief:
+        fileio.write_json(out_dir / "search.json", res.to_dict())
     log(format_result(res))
     return res
 

@@ -34,17 +34,22 @@ import csv
 import io as _io
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ran_keras import fileio
 from ran_keras.backend import keras, tf
 from ran_keras.errors import RanError
 from ran_keras.runlock import FolderLock
 from ran_keras.tasks.base import Task, TaskError
+from ran_keras.train import checkpoints
 from ran_keras.train.config import ConfigError, TrainConfig
+from ran_keras.train.events import truncate_events
 from ran_keras.train.seeds import bind_step_seeds
 from ran_keras.train.transforms import ModelTransform
 
@@ -84,11 +89,31 @@ def make_strategy(cfg: TrainConfig):
             return tf.distribute.MirroredStrategy()
         return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     if cfg.strategy == "multi_worker_mirrored":
+        check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=None if cfg.tpu == "local" else cfg.tpu)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
+
+
+def check_tf_config() -> None:
+    """A TF_CONFIG that MultiWorkerMirroredStrategy can use (unset: a cluster of this machine alone)."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        addresses = cluster[task["type"]]
+        count = len(addresses)
+        ok = isinstance(task["index"], int) and 0 <= task["index"] < count
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"TF_CONFIG={text!r} is not a cluster description: --strategy=multi_worker_mirrored "
+                          'needs JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
+                          '"worker", "index": 0}} with this process\'s task among the cluster\'s')
 
 
 def is_chief(strategy) -> bool:
@@ -99,6 +124,20 @@ def is_chief(strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def describe_cluster(strategy) -> str:
+    """`` of a cluster of 2 tasks (worker 0 at host:port, ...); this is worker 1`` ('' for one machine)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None and resolver.task_type else {}
+    tasks = [(job, i, addr) for job, addrs in sorted(cluster.items())
+             for i, addr in (addrs.items() if isinstance(addrs, dict) else enumerate(addrs))]
+    if not tasks:
+        return ""
+    names = ", ".join(f"{job} {i} at {addr}" for job, i, addr in tasks)
+    role = " (the chief: it writes the run folder)" if is_chief(strategy) else ""
+    return (f" of each task in a cluster of {len(tasks)} ({names}); this is {resolver.task_type} "
+            f"{resolver.task_id}{role}")
 
 
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -173,6 +212,9 @@ class Callback:
 
     def on_train_end(self, trainer: "Trainer", stopped: Optional[str]) -> None: ...
 
+    def before_checkpoint(self, trainer: "Trainer", step: int) -> None:
+        """Make what was logged up to ``step`` durable: a resumed run keeps the logs up to its checkpoint."""
+
 
 @dataclass
 class RunResult:
@@ -185,6 +227,7 @@ class RunResult:
     history: List[Dict[str, Any]] = field(default_factory=list)
     resumed_from: int = 0
     model_path: Optional[str] = None
+    chief: bool = True   # False on a non-chief worker of a cluster, which writes no outputs
 
     def to_dict(self) -> Dict[str, Any]:
         return {"model_dir": self.model_dir, "model": self.model, "steps": self.steps,
@@ -219,6 +262,8 @@ class Trainer:
         self.model_dir = Path(cfg.model_dir)
         self.step = 0
         self.train_writer = self.eval_writer = None
+        self.saved: Tuple[int, Optional[str]] = (-1, None)   # (step, path) of the newest good checkpoint
+        self.scratch: Optional[str] = None                   # a non-chief worker's checkpoint folder
 
     # -- set-up --
 
@@ -299,10 +344,12 @@ class Trainer:
         bind_step_seeds(self.model, self.step_var, cfg.seed)   # dropout / drop-path masks: exact on resume
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step_var,
                                               train_metrics=self.train_metrics)
-        ckpt_dir = self.model_dir / "checkpoints"
-        if not self.chief:
-            ckpt_dir = self.model_dir / f".worker_{self.strategy.cluster_resolver.task_id}"
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(ckpt_dir), max_to_keep=cfg.keep_checkpoints,
+        self.ckpt_dir = self.model_dir / "checkpoints"
+        save_dir = self.ckpt_dir
+        if not self.chief:   # every worker saves (saving reads synced values together); only the chief's are kept
+            self.scratch = tempfile.mkdtemp(prefix=f"ran_worker{self.strategy.cluster_resolver.task_id}_")
+            save_dir = Path(self.scratch)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir), max_to_keep=cfg.keep_checkpoints,
                                                   checkpoint_name="ckpt")
         self.decay_vars = [v for v in tvars if is_decayed(v)] if (
             cfg.weight_decay > 0 and cfg.weight_decay_mode == "l2") else []
@@ -318,18 +365,28 @@ class Trainer:
             raise TaskError(f"transform names must be unique, got {', '.join(names)}")
 
     def _restore(self) -> int:
-        latest = self.manager.latest_checkpoint
-        if not latest:
+        """The step of the newest intact checkpoint of the run (every worker reads the chief's), restored."""
+        try:
+            found = checkpoints.newest_intact(self.ckpt_dir, self.log)
+        except RuntimeError as err:
+            raise ConfigError(f"cannot resume {self.model_dir}: no checkpoint in {self.ckpt_dir} reads back whole "
+                              f"({err}); nothing can be resumed from them: move that folder away to train from "
+                              f"step 0 in this --model_dir, or use a new --model_dir") from None
+        if found is None:
             return 0
+        step, latest = found
         core = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step_var)
         try:
             core.restore(latest).expect_partial().assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as err:
-            raise ConfigError(f"cannot resume from {latest}: it does not match this model/optimizer "
-                              f"({str(err).splitlines()[0][:200]}); use a new --model_dir") from None
+            raise ConfigError(f"cannot resume from {latest}: it was written for another model or optimizer than "
+                              f"these settings build ({str(err).splitlines()[0][:200]}); resume it with the "
+                              f"settings it was trained with (its config.json), or train these in a new "
+                              f"--model_dir") from None
         if any(name.startswith("train_metrics/") for name, _ in tf.train.list_variables(latest)):
             tf.train.Checkpoint(train_metrics=self.train_metrics).restore(latest).expect_partial()
-        return int(self.step_var.numpy())
+        self.saved = (int(self.step_var.numpy()), latest)
+        return self.saved[0]
 
     # -- steps --
 
@@ -441,14 +498,20 @@ class Trainer:
         return row
 
     def _save(self, step: int) -> None:
+        """Flush every log up to ``step`` (a resumed run truncates them to its checkpoint), then checkpoint."""
         if not bool(self.weights_finite()):
             self._nonfinite(step, "weights")
-        self.manager.save(checkpoint_number=step)
+        for writer in (self.train_writer, self.eval_writer):
+            if writer is not None:
+                writer.flush()
+        for cb in self.callbacks:
+            getattr(cb, "before_checkpoint", lambda *a: None)(self, step)
+        path = self.manager.save(checkpoint_number=step)
+        self.saved = (step, path if self.chief else str(self.ckpt_dir / Path(path).name))
 
     def _nonfinite(self, step: int, what: str, value: Optional[float] = None):
-        latest = self.manager.latest_checkpoint
-        where = (f"the last good checkpoint is {latest} (step {latest.rsplit('-', 1)[-1]})" if latest
-                 else "no checkpoint had been written yet")
+        saved, latest = self.saved
+        where = f"the last good checkpoint is {latest} (step {saved})" if latest else "no checkpoint had been written yet"
         shown = f" ({value})" if value is not None else ""
         msg = (f"non-finite {what}{shown} at step {step}: training stopped and the weights of this step were not "
                f"saved; {where}. Lower --learning_rate, set --clip_grad_norm, or check the input data.")
@@ -459,7 +522,7 @@ class Trainer:
         value = row.get(f"eval_{LOSS}")
         if value is None or math.isfinite(value):
             return
-        latest = self.manager.latest_checkpoint
+        latest = self.saved[1]
         msg = (f"non-finite evaluation loss ({value}) after step {step}: training stopped and no model or "
                f"results.json was written; the newest checkpoint ({latest}) holds the weights that gave it. Lower "
                f"--learning_rate, set --clip_grad_norm, or check the held-out data.")
@@ -507,8 +570,8 @@ class Trainer:
             log(line)
         log(f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs = {self.total_steps} steps; dtype {cfg.dtype}"
             + (", XLA" if cfg.xla else ""))
-        log(f"strategy {cfg.strategy}: {self.replicas} replica(s) on {devices}; global batch {cfg.batch_size} = "
-            f"{self.replicas} x {cfg.batch_size // self.replicas} per replica")
+        log(f"strategy {cfg.strategy}: {self.replicas} replica(s) on {devices}{describe_cluster(self.strategy)}; "
+            f"global batch {cfg.batch_size} = {self.replicas} x {cfg.batch_size // self.replicas} per replica")
         scaling = (f"{cfg.learning_rate:g} per {cfg.lr_reference_batch} x {cfg.batch_size}/{cfg.lr_reference_batch}"
                    if cfg.lr_scaling else "unscaled")
         log(f"optimizer {cfg.optimizer}, peak lr {self.peak_lr:.4g} ({scaling}), {cfg.schedule} after "
@@ -517,7 +580,7 @@ class Trainer:
         if self.transforms:
             log(f"transforms: {', '.join(t.name for t in self.transforms)}")
         if start:
-            log(f"resumed from {self.manager.latest_checkpoint} at step {start} (epoch {start // self.steps_per_epoch}"
+            log(f"resumed from {self.saved[1]} at step {start} (epoch {start // self.steps_per_epoch}"
                 f" + {start % self.steps_per_epoch} steps)")
 
     def run(self) -> RunResult:
@@ -535,10 +598,14 @@ class Trainer:
                 return self._loop(start)
             finally:
                 keras.mixed_precision.set_global_policy("float32")
+                if self.scratch:
+                    shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _loop(self, start: int) -> RunResult:
         writers = {}
-        if self.chief:
+        if self.chief:   # logs read as an uninterrupted run's: what came after the checkpoint goes
+            for k in ("train", "eval"):
+                truncate_events(self.model_dir / "tensorboard" / k, start)
             writers = {k: tf.summary.create_file_writer(str(self.model_dir / "tensorboard" / k))
                        for k in ("train", "eval")}
         self.train_writer, self.eval_writer = writers.get("train"), writers.get("eval")
@@ -581,12 +648,12 @@ class Trainer:
                 if not math.isfinite(logs[key]) and not (key == "grad_norm" and cfg.dtype == "float16"):
                     self._nonfinite(step, "loss" if key == LOSS else "gradient norm", logs[key])
             logs["learning_rate"] = float(self.schedule(step - 1))   # the rate this step used
-            if step % ckpt_every == 0 or step == self.total_steps:
-                self._save(step)
             if step % cfg.log_every == 0 or step == self.total_steps:
                 self._log_step(step, epoch, logs, seen / max(time.time() - t0, 1e-9))
             for cb in self.callbacks:
                 cb.on_step_end(self, step, logs)
+            if step % ckpt_every == 0 or step == self.total_steps:   # after the step's logs: they go with it
+                self._save(step)
             if step >= (epoch + 1) * self.steps_per_epoch:
                 break
         row = {"epoch": epoch + 1, "step": step, "learning_rate": logs["learning_rate"],
@@ -606,13 +673,12 @@ class Trainer:
         extras = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k not in (LOSS, "learning_rate"))
         self.log(f"step {step}/{self.total_steps} (epoch {epoch + 1}/{self.cfg.epochs}) loss {logs[LOSS]:.4f} "
                  f"{extras} lr {logs['learning_rate']:.3g} | {rate:.0f} img/s")
+        # every worker reads the running metrics: a read sums them over the workers (a collective all must join)
+        running = {m.name: float(m.result()) for m in self.train_metrics[1:] if m.name not in logs}
         if self.train_writer is not None:
             with self.train_writer.as_default(step=step):
-                for k, v in logs.items():
+                for k, v in {**logs, **running}.items():
                     tf.summary.scalar(k, v)
-                for m in self.train_metrics[1:]:
-                    if m.name not in logs:
-                        tf.summary.scalar(m.name, float(m.result()))
 
     def _format(self, row: Dict[str, Any], prefix: str) -> str:
         """``loss 0.1234 accuracy 56.78% ...`` for the ``prefix``_ columns of ``row``."""
@@ -639,7 +705,7 @@ class Trainer:
 
     def _finish(self, start: int, history: List[Dict[str, Any]]) -> RunResult:
         cfg, task = self.cfg, self.task
-        if self.manager.latest_checkpoint is None or int(self.step_var.numpy()) != self._latest_step():
+        if int(self.step_var.numpy()) != self.saved[0]:   # the same decision on every worker
             self._save(int(self.step_var.numpy()))
         if cfg.ema:
             with self.strategy.scope():
@@ -652,7 +718,7 @@ class Trainer:
         else:
             final = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
         result = RunResult(str(self.model_dir), task.model_name, int(self.step_var.numpy()), self.total_steps,
-                           cfg.epochs, final, history, start)
+                           cfg.epochs, final, history, start, chief=self.chief)
         if self.chief:
             keras.mixed_precision.set_global_policy("float32")
             path = task.export(self.model, self.model_dir)
@@ -664,10 +730,6 @@ class Trainer:
             fileio.write_json(self.model_dir / "results.json", record)
         self.log(f"done: step {result.steps}, held-out {self._format(final, 'eval_')}; model {result.model_path}")
         return result
-
-    def _latest_step(self) -> int:
-        latest = self.manager.latest_checkpoint
-        return int(latest.rsplit("-", 1)[-1]) if latest else -1
 
 
 def train(cfg: TrainConfig, spec=None, *, transforms: Sequence[ModelTransform] = (),
