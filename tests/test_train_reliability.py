@@ -245,3 +245,64 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(dropout
         index.write_bytes(b"not a checkpoint index")
     with pytest.raises(ConfigError, match=r"no checkpoint in .* reads back whole \(.*ckpt-6: .*ckpt-4: .*ckpt-2: "):
         train(tiny_cfg(run, checkpoint_every=2), dropout_spec())
+
+
+# --- multi-worker training -------------------------------------------------------------------------------
+
+def free_ports(count):
+    import socket
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def run_cluster(args, timeout=240):
+    """``ran train ARGS`` as a two-worker cluster on 127.0.0.1 (one process per worker); [(rc, output)]."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen([sys.executable, "-m", "ran_keras", "train", *args], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    out = []
+    try:
+        for proc in procs:
+            text, _ = proc.communicate(timeout=timeout)
+            out.append((proc.returncode, text))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return out
+
+
+@pytest.mark.slow
+def test_two_worker_training_on_localhost_finishes_with_chief_and_worker_roles(tmp_path):
+    spec_path = tmp_path / "tiny.json"
+    tiny_spec().save(spec_path)
+    run = tmp_path / "run"
+    args = ["--recipe=digits", f"--model={spec_path}", "--image_size=16", "--epochs=2", "--steps_per_epoch=2",
+            "--eval_steps=2", "--batch_size=8", "--strategy=multi_worker_mirrored", "--log_every=1",
+            f"--model_dir={run}", f"--json={tmp_path / 'result.json'}"]
+    (rc0, chief), (rc1, worker) = run_cluster(args)
+    assert (rc0, rc1) == (0, 0), chief[-3000:] + "\n-----\n" + worker[-3000:]
+    assert "2 replica(s) on CPU:0 of each task in a cluster of 2 (worker 0 at 127.0.0.1:" in chief
+    assert "this is worker 0 (the chief: it writes the run folder)" in chief
+    assert re.search(r"this is worker 1; global batch 8 = 2 x 4 per replica", worker)
+    assert "step 4/4" in chief and "step 4/4" in worker   # every step logged by both
+    result = json.loads((run / "results.json").read_text())   # the chief's outputs, once
+    assert result["steps"] == 4 and result["replicas"] == 2 and np.isfinite(result["final"]["eval_loss"])
+    assert json.loads((tmp_path / "result.json").read_text())["steps"] == 4
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".lock", "checkpoints", "config.json", "metrics.csv", "model.keras", "model.spec.json", "results.json",
+        "spec.json", "tensorboard"]                       # no worker folders in the run
+    # run again: both workers restore the chief's last checkpoint (a worker starting from 0 would hang)
+    (rc0, chief), (rc1, worker) = run_cluster(args)
+    assert (rc0, rc1) == (0, 0), chief[-3000:] + "\n-----\n" + worker[-3000:]
+    assert f"resumed from {run}/checkpoints/ckpt-4 at step 4" in chief and "already trained to step 4" in worker

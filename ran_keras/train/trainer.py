@@ -126,14 +126,20 @@ def is_chief(strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def describe_cluster(strategy) -> str:
-    """`` of a cluster of 2 tasks (worker 0 at host:port, ...); this is worker 1`` ('' for one machine)."""
+def cluster_tasks(strategy) -> List[Tuple[str, int, str]]:
+    """(job, index, address) of every task of the strategy's cluster; [] on one machine."""
     resolver = getattr(strategy, "cluster_resolver", None)
     cluster = resolver.cluster_spec().as_dict() if resolver is not None and resolver.task_type else {}
-    tasks = [(job, i, addr) for job, addrs in sorted(cluster.items())
-             for i, addr in (addrs.items() if isinstance(addrs, dict) else enumerate(addrs))]
+    return [(job, i, addr) for job, addrs in sorted(cluster.items())
+            for i, addr in (addrs.items() if isinstance(addrs, dict) else enumerate(addrs))]
+
+
+def describe_cluster(strategy) -> str:
+    """`` of each task in a cluster of 2 (worker 0 at host:port, ...); this is worker 1`` ('' on one machine)."""
+    tasks = cluster_tasks(strategy)
     if not tasks:
         return ""
+    resolver = strategy.cluster_resolver
     names = ", ".join(f"{job} {i} at {addr}" for job, i, addr in tasks)
     role = " (the chief: it writes the run folder)" if is_chief(strategy) else ""
     return (f" of each task in a cluster of {len(tasks)} ({names}); this is {resolver.task_type} "
@@ -719,17 +725,34 @@ class Trainer:
             final = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
         result = RunResult(str(self.model_dir), task.model_name, int(self.step_var.numpy()), self.total_steps,
                            cfg.epochs, final, history, start, chief=self.chief)
+        model = self._exportable_model()
         if self.chief:
-            keras.mixed_precision.set_global_policy("float32")
-            path = task.export(self.model, self.model_dir)
+            path = task.export(model, self.model_dir)
             result.model_path = None if path is None else str(path)
             for transform in self.transforms:
-                transform.export(self.model, self.model_dir)
+                transform.export(model, self.model_dir)
             record = dict(result.to_dict(), **task.result_fields(), global_batch=cfg.batch_size,
                           replicas=self.replicas)
             fileio.write_json(self.model_dir / "results.json", record)
         self.log(f"done: step {result.steps}, held-out {self._format(final, 'eval_')}; model {result.model_path}")
         return result
+
+
+    def _exportable_model(self):
+        """The trained model for export, under the float32 policy. On a cluster every worker reads the weights
+        (reading synced variables, e.g. BatchNorm's moving statistics, is a collective all must join) and the
+        chief gets a copy with plain variables, which it can read and save alone."""
+        keras.mixed_precision.set_global_policy("float32")
+        if not cluster_tasks(self.strategy):
+            return self.model
+        weights = self.model.get_weights()
+        if not self.chief:
+            return None
+        model = self.task.build_model()
+        for transform in self.transforms:
+            model = transform.apply(model)
+        model.set_weights(weights)
+        return model
 
 
 def train(cfg: TrainConfig, spec=None, *, transforms: Sequence[ModelTransform] = (),
