@@ -205,7 +205,7 @@ def test_non_finite_evaluation_loss_stops_the_run_and_writes_no_results(tmp_path
 
     with pytest.raises(NonFiniteLossError, match=r"non-finite evaluation loss \(nan\) after step 3") as err:
         train(tiny_cfg(tmp_path), tiny_spec(), callbacks=[BreakBatchNorm()])
-    assert err.value.checkpoint.endswith("ckpt-3")
+    assert err.value.checkpoint.endswith("ckpt-3") and "the checkpoint of this step" in str(err.value)
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "model.keras").exists()
 
 
@@ -306,3 +306,13 @@ def test_two_worker_training_on_localhost_finishes_with_chief_and_worker_roles(t
     (rc0, chief), (rc1, worker) = run_cluster(args)
     assert (rc0, rc1) == (0, 0), chief[-3000:] + "\n-----\n" + worker[-3000:]
     assert f"resumed from {run}/checkpoints/ckpt-4 at step 4" in chief and "already trained to step 4" in worker
+
+
+def test_outputs_are_replaced_whole_or_left_as_they_were(tmp_path):
+    path = tmp_path / "results.json"
+    fileio.write_json(path, {"run": 1})
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_path(path) as tmp:
+            tmp.write_text('{"run": 2, "trunc')
+            raise RuntimeError("killed while writing")
+    assert json.loads(path.read_text()) == {"run": 1} and [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -528,10 +528,17 @@ class Trainer:
         value = row.get(f"eval_{LOSS}")
         if value is None or math.isfinite(value):
             return
-        latest = self.saved[1]
+        if not bool(self.weights_finite()):
+            self._nonfinite(step, "weights")
+        saved, latest = self.saved
+        if saved == step:
+            held = f"the checkpoint of this step ({latest}) holds the weights that gave it"
+        else:
+            held = ("these weights were not saved; " + (f"the last checkpoint is {latest} (step {saved})" if latest
+                                                        else "no checkpoint had been written yet"))
         msg = (f"non-finite evaluation loss ({value}) after step {step}: training stopped and no model or "
-               f"results.json was written; the newest checkpoint ({latest}) holds the weights that gave it. Lower "
-               f"--learning_rate, set --clip_grad_norm, or check the held-out data.")
+               f"results.json was written; {held}. Lower --learning_rate, set --clip_grad_norm, or check the "
+               f"held-out data.")
         raise NonFiniteLossError(msg, step, latest)
 
     def columns(self, rows: Sequence[Dict[str, Any]] = ()) -> List[str]:
