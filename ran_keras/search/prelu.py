@@ -302,6 +302,7 @@ class SearchResult:
     folded_macs: Optional[int] = None
     folded_path: Optional[str] = None
     steps: int = 0
+    chief: bool = True   # False on a non-chief worker of a cluster, which writes no outputs
 
     @property
     def collapsed(self) -> int:
@@ -367,7 +368,7 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         eval_loss=result.final.get("eval_loss"), image_size=size, classes=classes, macs=prof.macs,
         macs_all_ibn=profile_spec(realize_afrbs(spec, [False] * n), shape, classes=classes).macs,
         macs_all_collapsed=profile_spec(realize_afrbs(spec, [True] * n), shape, classes=classes).macs,
-        params=prof.params, model_dir=str(out_dir), steps=result.steps)
+        params=prof.params, model_dir=str(out_dir), steps=result.steps, chief=result.chief)
     if fold and result.chief:
         _fold_supernet(res, task, band, log)
     if retrain_epochs:
@@ -432,6 +433,8 @@ def run_sweep(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lambdas: 
         log(f"=== lambda {lam:g} ===")
         sub = cfg.replace(model_dir=str(root / lambda_tag(lam)))
         results.append(run_search(sub, spec, lam=lam, log=log, **kwargs))
+    if not results[0].chief:
+        return results
     fileio.write_json(root / "sweep.json", [r.to_dict() for r in results])
     fileio.write_text(root / "sweep.md", format_sweep(results, markdown=True) + "\n")
     plot_sweep(results, root / "alphas_sweep.png")
