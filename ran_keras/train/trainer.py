@@ -22,9 +22,14 @@ What a run writes to ``model_dir``::
     model.keras ...        the task's export (classification: float32 softmax + model.spec.json),
                            then each transform's
     results.json           final metrics, history, the task's fields (params, MACs, ...)
+    .lock                  held while a run writes here (``ran_keras.runlock``)
 
 The optimizer is built (slots created) before a checkpoint is restored, so its slots are restored
-right away rather than deferred (see the toolchain notes); tests check the slot values.
+right away rather than deferred (see the toolchain notes); tests check the slot values. A resume
+starts from the newest checkpoint that reads back whole (``train.checkpoints``), draws the same
+dropout masks (``train.seeds``) and cuts the logs back to its step (``train.events``). On a
+cluster (multi_worker_mirrored) every worker runs every collective (steps, metric reads, saves,
+the final weight read) and only the chief writes ``model_dir``.
 """
 
 from __future__ import annotations
@@ -380,7 +385,7 @@ class Trainer:
                               f"step 0 in this --model_dir, or use a new --model_dir") from None
         if found is None:
             return 0
-        step, latest = found
+        _, latest = found
         core = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step_var)
         try:
             core.restore(latest).expect_partial().assert_existing_objects_matched()
@@ -743,7 +748,6 @@ class Trainer:
             fileio.write_json(self.model_dir / "results.json", record)
         self.log(f"done: step {result.steps}, held-out {self._format(final, 'eval_')}; model {result.model_path}")
         return result
-
 
     def _exportable_model(self):
         """The trained model for export, under the float32 policy. On a cluster every worker reads the weights
