@@ -28,7 +28,8 @@ def main(argv: List[str]) -> int:
     flags_lib.check_memory(cfg, spec)   # so does a batch that cannot fit
     from ran_keras.train import trainer
     result = trainer.train(cfg, spec)  # applies --width, --activation, --drop_path_rate to it
-    flags_lib.emit_json(result.to_dict())
+    if result.chief:                   # the other workers of a cluster write nothing
+        flags_lib.emit_json(result.to_dict())
     return 0
 
 

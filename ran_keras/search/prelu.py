@@ -14,8 +14,8 @@ JSON that ``ran profile``, ``ran hwtable`` and ``experiments/train.py`` take dir
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -171,6 +171,8 @@ class AlphaLogger:
         from ran_keras.backend import tf
         variables = alpha_variables(trainer.model, self.spec)
         self._read = tf.function(lambda: tf.stack([tf.cast(v, tf.float32) for v in variables]))
+        if not getattr(trainer, "chief", True):   # another worker of a cluster: the chief writes the files
+            return
         self.rows = [r for r in read_alpha_csv(self.path, len(self.labels)) if r[0] <= trainer.step]
         header = ["step", "epoch"] + self.labels
         text = ",".join(header) + "\n" + "".join(_csv_line(r) for r in self.rows)
@@ -184,6 +186,8 @@ class AlphaLogger:
 
     def _append(self, trainer, step: int) -> None:
         from ran_keras.backend import tf
+        if self._fh is None:
+            return
         alphas = self.values()
         row = [step, step / trainer.steps_per_epoch] + alphas
         self.rows.append(row)
@@ -202,7 +206,12 @@ class AlphaLogger:
     def on_epoch_end(self, trainer, epoch: int, logs: Dict[str, float]) -> None:
         if self._fh:
             self._fh.flush()
-        self.plot()
+            self.plot()
+
+    def before_checkpoint(self, trainer, step: int) -> None:
+        if self._fh:   # the rows up to a checkpoint survive a kill (a resumed run keeps exactly those)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def on_train_end(self, trainer, stopped: Optional[str]) -> None:
         if self._fh:
@@ -293,6 +302,7 @@ class SearchResult:
     folded_macs: Optional[int] = None
     folded_path: Optional[str] = None
     steps: int = 0
+    chief: bool = True   # False on a non-chief worker of a cluster, which writes no outputs
 
     @property
     def collapsed(self) -> int:
@@ -346,7 +356,8 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
                           activation=derived_activation, input_size=task.image_size,
                           note=f"; lambda {lam:g}, {result.steps} steps on {task.data_name}")
     derived_path = out_dir / "derived_spec.json"
-    derived.save(derived_path)
+    if result.chief:   # the other workers of a cluster write nothing
+        derived.save(derived_path)
     size, classes = task.image_size, task.classes
     shape = (size, size, spec.input_channels)
     n = len(alphas)
@@ -357,8 +368,8 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         eval_loss=result.final.get("eval_loss"), image_size=size, classes=classes, macs=prof.macs,
         macs_all_ibn=profile_spec(realize_afrbs(spec, [False] * n), shape, classes=classes).macs,
         macs_all_collapsed=profile_spec(realize_afrbs(spec, [True] * n), shape, classes=classes).macs,
-        params=prof.params, model_dir=str(out_dir), steps=result.steps)
-    if fold:
+        params=prof.params, model_dir=str(out_dir), steps=result.steps, chief=result.chief)
+    if fold and result.chief:
         _fold_supernet(res, task, band, log)
     if retrain_epochs:
         retrain_cfg = cfg.replace(model_dir=str(out_dir / "retrain"), epochs=retrain_epochs, model=None,
@@ -368,7 +379,8 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         retrained = train(retrain_cfg, derived, log=log)
         res.retrain_accuracy = retrained.final.get("eval_accuracy")
         res.retrain_dir = retrain_cfg.model_dir
-    fileio.write_text(out_dir / "search.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    if result.chief:
+        fileio.write_json(out_dir / "search.json", res.to_dict())
     log(format_result(res))
     return res
 
@@ -421,7 +433,9 @@ def run_sweep(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lambdas: 
         log(f"=== lambda {lam:g} ===")
         sub = cfg.replace(model_dir=str(root / lambda_tag(lam)))
         results.append(run_search(sub, spec, lam=lam, log=log, **kwargs))
-    fileio.write_text(root / "sweep.json", json.dumps([r.to_dict() for r in results], indent=1) + "\n")
+    if not results[0].chief:
+        return results
+    fileio.write_json(root / "sweep.json", [r.to_dict() for r in results])
     fileio.write_text(root / "sweep.md", format_sweep(results, markdown=True) + "\n")
     plot_sweep(results, root / "alphas_sweep.png")
     log(format_sweep(results))

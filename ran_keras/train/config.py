@@ -13,12 +13,12 @@ schedule is ``ran_keras.train.trainer.WarmupSchedule``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ran_keras.errors import ConfigError, close_matches
+from ran_keras.fileio import json_text
 
 
 def _f(default: Any, help: str, choices: Optional[Tuple[Any, ...]] = None, group: str = "train"):
@@ -136,7 +136,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1) + "\n"
+        return json_text(self.to_dict(), what="the configuration")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
