@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ran_keras import fileio
-from ran_keras.search.hwspace import ALL_CHOICES, Design, contexts, design_spec, measurement_designs, sites
+from ran_keras.search.hwspace import ALL_CHOICES, Choice, Design, contexts, design_spec, measurement_designs, sites
 from ran_keras.spec import NetworkSpec
 
 FORMAT = "ran-keras-hw-costtable"
@@ -99,6 +99,7 @@ class CostTable:
     stem: Dict[str, float]
     head: Dict[str, float]
     tail: float
+    choices: List[str] = field(default_factory=lambda: [c.key for c in ALL_CHOICES])
     key: str = ""
     vela_version: Optional[str] = None
     settings: Dict[str, Any] = field(default_factory=dict)
@@ -115,8 +116,8 @@ class CostTable:
         return cls(**fields)
 
     def missing(self) -> List[str]:
-        return [f"{s}/{c.key}/{x}" for s in self.sites for c in ALL_CHOICES for x in CONTEXTS
-                if x not in self.entries.get(s, {}).get(c.key, {})]
+        return [f"{s}/{c}/{x}" for s in self.sites for c in self.choices for x in CONTEXTS
+                if x not in self.entries.get(s, {}).get(c, {})]
 
 
 def build_table(observations: Sequence[Tuple[Design, Dict[str, int]]], site_names: Sequence[str],
@@ -163,14 +164,19 @@ class CostModel:
             raise ValueError(f"cost table of {table.supernet} on {table.target} lacks {len(missing)} entries, "
                              f"e.g. {missing[0]}")
         self.table = table
-        self._site = [[[table.entries[s][c.key][x] for x in CONTEXTS] for c in ALL_CHOICES] for s in table.sites]
-        self._index = {c: i for i, c in enumerate(ALL_CHOICES)}
+        self.choices = tuple(Choice.parse(k) for k in table.choices)
+        self._site = [[[table.entries[s][c.key][x] for x in CONTEXTS] for c in self.choices] for s in table.sites]
+        self._index = {c: i for i, c in enumerate(self.choices)}
 
     def cycles(self, design: Design) -> float:
         t = self.table
         if len(design.choices) != len(t.sites):
             raise ValueError(f"{t.supernet} has {len(t.sites)} sites, the design {len(design.choices)} choices")
-        idx = [self._index[c] for c in design.choices]
+        try:
+            idx = [self._index[c] for c in design.choices]
+        except KeyError as err:
+            raise ValueError(f"choice {err.args[0].key} is not in the cost table of {t.supernet} on {t.target}; "
+                             f"it has {', '.join(t.choices)}") from None
         nxt = [design.choices[i + 1].lut for i in range(len(idx) - 1)] + [False]
         total = t.stem[ctx_name(design.choices[0].lut)] + t.head[design.head_activation] + t.tail
         return total + sum(self._site[i][j][int(lut)] for i, (j, lut) in enumerate(zip(idx, nxt)))
@@ -184,9 +190,10 @@ class CostModel:
 
 # --- measuring -----------------------------------------------------------------------------------
 
-def table_key(supernet: NetworkSpec, target, settings: ExportSettings) -> str:
+def table_key(supernet: NetworkSpec, target, settings: ExportSettings, choices: Sequence[Choice] = ALL_CHOICES) -> str:
     from ran_keras.export.hwtable import software_versions
     payload = {"format": FORMAT, "version": VERSION, "spec": supernet.to_dict(), "target": target.to_dict(),
+               "choices": [c.key for c in choices],
                "settings": asdict(settings), "software": software_versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -225,11 +232,11 @@ class Compiler:
 
 def measure_table(supernet: NetworkSpec, target, settings: ExportSettings = ExportSettings(), work_dir="out/hwsearch",
                   *, say: Callable[[str], None] = print, cache: bool = True,
-                  compiler: Optional[Compiler] = None) -> CostTable:
+                  compiler: Optional[Compiler] = None, choices: Sequence[Choice] = ALL_CHOICES) -> CostTable:
     """The cost table of ``supernet`` on ``target`` (a name or Target), from the cache when its key matches."""
     from ran_keras.export.vela import resolve_target, vela_version
     tgt = resolve_target(target)
-    key = table_key(supernet, tgt, settings)
+    key = table_key(supernet, tgt, settings, choices)
     path = Path(work_dir) / "tables" / f"{supernet.name}_{tgt.name}_{settings.input_size}_{key[:12]}.json"
     if cache and path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -238,7 +245,7 @@ def measure_table(supernet: NetworkSpec, target, settings: ExportSettings = Expo
             return CostTable.from_dict(data)
     comp = compiler or Compiler(supernet, settings, work_dir, say)
     site_names = sites(supernet)
-    designs = measurement_designs(len(site_names))
+    designs = measurement_designs(len(site_names), choices)
     observations, measured = [], {}
     t0 = time.perf_counter()
     clock = 0.0
@@ -255,6 +262,7 @@ def measure_table(supernet: NetworkSpec, target, settings: ExportSettings = Expo
         say(f"  [{i + 1}/{len(designs)}] {tgt.name} {label}: {rep.cycles_total:,} cycles")
     table = build_table(observations, site_names, supernet=supernet.name, target=tgt.name, core_clock=clock, key=key,
                         vela_version=vela_version(), settings=asdict(settings), measured=measured,
+                        choices=[c.key for c in choices],
                         seconds=time.perf_counter() - t0)
     fileio.write_text(path, json.dumps(table.to_dict(), indent=1) + "\n")
     say(f"cost table {path}: {len(designs)} designs in {table.seconds:.0f} s, spread {100 * table.spread:.2f}%")

@@ -131,14 +131,18 @@ def design_of(supernet: NetworkSpec, spec: NetworkSpec) -> Design:
     return Design(tuple(choices), head_act)
 
 
-def measurement_designs(n: int) -> List[Tuple[str, Design]]:
+def measurement_designs(n: int, choices: Sequence[Choice] = ALL_CHOICES) -> List[Tuple[str, Design]]:
     """The few networks whose Vela compiles fill the cost table: every site takes every choice in
     both contexts that change its cost (the next block starts with a fused lookup-table activation
     or not). One uniform network per choice, plus alternating ones (even/odd sites) for the other
     context: 12 + 2 x 12 = 36 networks for 16 sites, instead of one per (site, choice)."""
-    lut, plain = Choice("collapsed", 3, "hard_swish"), Choice("ibn", 3, "relu6")
-    out = [(f"u-{c.key}", Design.uniform(c, n)) for c in ALL_CHOICES]
-    for c in ALL_CHOICES:
+    lut = next((c for c in choices if c.lut), None)
+    plain = next((c for c in choices if not c.lut), None)
+    if lut is None or plain is None:
+        raise SpaceError("the measured choices need one collapsed block with a lookup-table activation and one "
+                         "without, e.g. collapsed-k3-hard_swish and ibn-k3-relu6")
+    out = [(f"u-{c.key}", Design.uniform(c, n)) for c in choices]
+    for c in choices:
         other = plain if c.lut else lut
         even = tuple(c if i % 2 == 0 else other for i in range(n))
         odd = tuple(other if i % 2 == 0 else c for i in range(n))
