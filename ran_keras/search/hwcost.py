@@ -116,8 +116,9 @@ class CostTable:
         return cls(**fields)
 
     def missing(self) -> List[str]:
+        last = self.sites[-1] if self.sites else None
         return [f"{s}/{c}/{x}" for s in self.sites for c in self.choices for x in CONTEXTS
-                if x not in self.entries.get(s, {}).get(c, {})]
+                if x not in self.entries.get(s, {}).get(c, {}) and not (s == last and x == "lut")]
 
 
 def build_table(observations: Sequence[Tuple[Design, Dict[str, int]]], site_names: Sequence[str],
@@ -165,7 +166,9 @@ class CostModel:
                              f"e.g. {missing[0]}")
         self.table = table
         self.choices = tuple(Choice.parse(k) for k in table.choices)
-        self._site = [[[table.entries[s][c.key][x] for x in CONTEXTS] for c in self.choices] for s in table.sites]
+        # the last site is followed by the head, never by a fused LUT: its 'lut' entry is never read
+        self._site = [[[table.entries[s][c.key].get(x, table.entries[s][c.key]["plain"]) for x in CONTEXTS]
+                       for c in self.choices] for s in table.sites]
         self._index = {c: i for i, c in enumerate(self.choices)}
 
     def cycles(self, design: Design) -> float:
@@ -223,8 +226,9 @@ class Compiler:
         return path
 
     def compile(self, spec: NetworkSpec, target):
-        from ran_keras.export.vela import run_vela
-        return run_vela(self.tflite(spec), target, self.work / "vela" / target.name / spec.name)
+        from ran_keras.export.vela import resolve_target, run_vela
+        tgt = resolve_target(target)
+        return run_vela(self.tflite(spec), tgt, self.work / "vela" / tgt.name / spec.name)
 
     def design(self, name: str, design: Design) -> NetworkSpec:
         return design_spec(self.supernet, design, name=name)
