@@ -39,6 +39,8 @@ def register(sub) -> None:
                    help="digits PReLU search epochs; 0: no search, every block may collapse")
     p.add_argument("--train-epochs", type=nonneg_int, default=20,
                    help="train the found networks and RAN-e-GT on digits at the demo width; 0: skip")
+    p.add_argument("--validate", type=nonneg_int, default=8,
+                   help="random held-out designs compiled per target to check the cost model (besides A, B, C, GT)")
     p.add_argument("--max-macs", type=float, help="MAC budget (default: RAN-e-C's at --input-size)")
     p.add_argument("--min-units", type=float, help="non-linear unit budget (default: RAN-e-GT's)")
     add_json_arg(p)
@@ -57,7 +59,8 @@ def cmd_hwsearch(args) -> int:
     cfg = HwSearchConfig(targets=tuple(targets), supernet=args.supernet, output_dir=args.output_dir,
                          input_size=args.input_size, classes=args.classes, lam=check_lambda(args.lam),
                          band=check_band(args.band), search_epochs=args.search_epochs,
-                         train_epochs=args.train_epochs, max_macs=args.max_macs, min_units=args.min_units)
+                         train_epochs=args.train_epochs, validate=args.validate, max_macs=args.max_macs,
+                         min_units=args.min_units)
     doc = run(cfg)
     if args.json:
         emit_json(doc, args.json)

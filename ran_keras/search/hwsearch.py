@@ -40,6 +40,7 @@ class HwSearchConfig:
     band: Sequence[float] = (0.8, 1.3)
     search_epochs: int = 20              # 0: no search, every block may collapse
     train_epochs: int = 20               # digits training of the found designs and GT; 0: skip
+    validate: int = 8                    # random held-out designs compiled per target (besides A, B, C, GT)
     max_macs: Optional[float] = None     # default: RAN-e-C's MACs
     min_units: Optional[float] = None    # default: RAN-e-GT's non-linear units
     names: Optional[Dict[str, str]] = None   # target -> name of the found spec
@@ -87,6 +88,15 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
     comp = hwcost.Compiler(supernet, settings, out, say)
     models = {t.name: hwcost.CostModel(hwcost.measure_table(supernet, t, settings, out, say=say, compiler=comp))
               for t in targets}
+    held = held_out_designs(supernet, cfg.validate)
+    validation = {}
+    for t in targets:
+        checks = hwcost.validate(models[t.name], held, comp, t, say)
+        rate = hwcost.pricing_rate(models[t.name], [d for _, d in held] * 100)
+        validation[t.name] = {"checks": [c.to_dict() for c in checks], "designs_per_second": rate,
+                              "max_abs_error": max(abs(c.error) for c in checks)}
+        say(f"{t.name}: cost model within {100 * validation[t.name]['max_abs_error']:.2f}% of Vela on "
+            f"{len(checks)} held-out designs; {rate:,.0f} designs priced per second")
     first = models[targets[0].name]
     weights = hwcost.collapse_weights(first)
     say("collapse weights c_i on " + targets[0].name + ": " + " ".join(f"{w:.2f}" for w in weights))
@@ -99,6 +109,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
     budgets = refine_lib.site_budgets(supernet, cfg.input_size, cfg.classes)
     doc: Dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
                            "budgets": {"max_macs": max_macs, "min_units": min_units}, "search": search,
+                           "validation": validation,
                            "targets": {}}
     found = {}
     for tgt in targets:
@@ -113,7 +124,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
         found[tgt.name] = spec
         doc["targets"][tgt.name] = {"best": ref.best.to_dict(), "spec": f"{name}.json", "evaluated": ref.evaluated,
                                     "designs_per_second": ref.rate,
-                                    "front": [c.to_dict() for c in ref.front],
+                                    "front": front_summary(ref.front),
                                     "confirmed": confirm(comp, supernet, model, tgt, spec, say)}
     if cfg.train_epochs > 0:
         doc["digits"] = {n: train_digits(s, out / "digits" / n, cfg.train_epochs, say) for n, s in
@@ -123,6 +134,33 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
     for tgt in targets:
         plot_pareto(doc["targets"][tgt.name], tgt.name, out / f"pareto_{tgt.name}.png")
     return doc
+
+
+def front_summary(front, sample: int = 1500) -> List[Dict[str, Any]]:
+    """The refinement's designs within the MAC budget, for the plot: every one on the Pareto front of
+    (predicted FPS, non-linear units), with its design, plus a seeded sample of the rest (numbers only)."""
+    import random
+    ordered = sorted(front, key=lambda c: (-c.units, -c.fps))
+    pareto, best = [], -1.0
+    for c in ordered:
+        if c.fps > best:
+            pareto.append(c)
+            best = c.fps
+    keep = {id(c) for c in pareto}
+    rest = [c for c in front if id(c) not in keep]
+    rest = random.Random(0).sample(rest, min(sample, len(rest)))
+    return ([dict(c.to_dict(), pareto=True) for c in pareto]
+            + [{"fps": c.fps, "macs": c.macs, "nonlinear_units": c.units, "pareto": False} for c in rest])
+
+
+def held_out_designs(supernet, n_random: int) -> List:
+    """Designs not used to fill the tables: SubNetworks A, B, C, GT, GT with ReLU6, seeded random ones."""
+    from ran_keras.registry import get_spec
+    from ran_keras.search.hwspace import Choice
+    held = [(n, design_of(supernet, get_spec(n))) for n in ("ran_e_a", "ran_e_b", "ran_e_c", "ran_e_gt")]
+    gt = held[-1][1]
+    held.append(("gt_relu6", Design(tuple(Choice(c.form, c.kernel, "relu6") for c in gt.choices), "relu6")))
+    return held + hwcost.random_designs(n_random, len(sites(supernet)), seed=0)
 
 
 def confirm(comp, supernet, model, tgt, spec, say) -> Dict[str, Any]:
@@ -155,7 +193,7 @@ def plot_pareto(entry: Dict[str, Any], target: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=110)
     front = entry["front"]
     for ax, key, label in ((axes[0], "nonlinear_units", "non-linear units"), (axes[1], "macs", "MACs")):
-        ax.scatter([c[key] if key == "macs" else c["nonlinear_units"] for c in front], [c["fps"] for c in front],
+        ax.scatter([c[key] for c in front], [c["fps"] for c in front],
                    s=6, color="0.75", label="refinement designs (predicted)")
         for name, row in entry["confirmed"].items():
             found = name.startswith("ran_e_hw")
