@@ -46,6 +46,15 @@ class HwSearchConfig:
     names: Optional[Dict[str, str]] = None   # target -> name of the found spec
 
 
+#: names of the found specs on the paper's two targets (registered as such in models/ran_e.py)
+FOUND_NAMES = {"u65-256": "ran_e_hw_u65", "u55-128": "ran_e_hw_u55"}
+
+
+def found_name(target: str) -> str:
+    import re
+    return FOUND_NAMES.get(target) or "ran_e_hw_" + re.sub(r"[^0-9a-zA-Z]+", "_", target).strip("_").lower()
+
+
 def _budgets(cfg: HwSearchConfig):
     from ran_keras.analysis.profiler import profile_spec
     from ran_keras.registry import get_spec
@@ -115,7 +124,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
     for tgt in targets:
         model = models[tgt.name]
         ref = refine_lib.refine(model, budgets, max_macs=max_macs, min_units=min_units, allowed=allowed, progress=say)
-        name = (cfg.names or {}).get(tgt.name) or f"ran_e_hw_{tgt.name.replace('-', '_')}"
+        name = (cfg.names or {}).get(tgt.name) or found_name(tgt.name)
         spec = design_spec(supernet, ref.best.design, name=name,
                            description=f"found by `ran hwsearch --targets {tgt.name}` (issue 15)")
         fileio.write_text(out / f"{name}.json", json.dumps(spec.to_dict(), indent=1) + "\n")
