@@ -16,9 +16,31 @@ def _floats(text: str, flag: str, count: int = 0):
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{flag}: numbers separated by commas, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"numbers separated by commas, got {text!r}") from None
     if count and len(values) != count:
-        raise argparse.ArgumentTypeError(f"{flag}: {count} numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{count} numbers separated by commas, got {text!r}")
+    return values
+
+
+def _kernels(text: str):
+    from ran_keras.search.hwspace import KERNELS
+    values = [int(v) for v in _floats(text, "--kernels")]
+    if not values or any(v not in KERNELS for v in values):
+        raise argparse.ArgumentTypeError(f"a subset of {','.join(map(str, KERNELS))}, got {text!r}")
+    return values
+
+
+def _activations(text: str):
+    from ran_keras.activations import canonical
+    from ran_keras.errors import SpecError
+    from ran_keras.search.hwspace import ACTIVATIONS
+    try:
+        values = [canonical(v.strip()) for v in text.split(",") if v.strip()]
+    except SpecError:
+        values = []
+    if not values or any(v not in ACTIVATIONS for v in values):
+        raise argparse.ArgumentTypeError(f"a subset of {','.join(ACTIVATIONS)} (aliases such as hswish work), "
+                                         f"got {text!r}")
     return values
 
 
@@ -39,6 +61,9 @@ def register(sub) -> None:
                    help="digits PReLU search epochs; 0: no search, every block may collapse")
     p.add_argument("--train-epochs", type=nonneg_int, default=20,
                    help="train the found networks and RAN-e-GT on digits at the demo width; 0: skip")
+    p.add_argument("--kernels", type=_kernels, default=[3, 5, 7], help="kernel sizes the refinement may use (default 3,5,7)")
+    p.add_argument("--activations", type=_activations, default=["relu6", "hard_swish"],
+                   help="activations the refinement may use (default relu6,hard_swish)")
     p.add_argument("--validate", type=nonneg_int, default=8,
                    help="random held-out designs compiled per target to check the cost model (besides A, B, C, GT)")
     p.add_argument("--max-macs", type=float, help="MAC budget (default: RAN-e-C's at --input-size)")
@@ -59,7 +84,8 @@ def cmd_hwsearch(args) -> int:
     cfg = HwSearchConfig(targets=tuple(targets), supernet=args.supernet, output_dir=args.output_dir,
                          input_size=args.input_size, classes=args.classes, lam=check_lambda(args.lam),
                          band=check_band(args.band), search_epochs=args.search_epochs,
-                         train_epochs=args.train_epochs, validate=args.validate, max_macs=args.max_macs,
+                         train_epochs=args.train_epochs, validate=args.validate, kernels=tuple(args.kernels),
+                         activations=tuple(args.activations), max_macs=args.max_macs,
                          min_units=args.min_units)
     doc = run(cfg)
     if args.json:

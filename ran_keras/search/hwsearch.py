@@ -40,6 +40,8 @@ class HwSearchConfig:
     band: Sequence[float] = (0.8, 1.3)
     search_epochs: int = 20              # 0: no search, every block may collapse
     train_epochs: int = 20               # digits training of the found designs and GT; 0: skip
+    kernels: Sequence[int] = (3, 5, 7)   # the refinement's kernel and activation choices (tables hold all)
+    activations: Sequence[str] = ("relu6", "hard_swish")
     validate: int = 8                    # random held-out designs compiled per target (besides A, B, C, GT)
     max_macs: Optional[float] = None     # default: RAN-e-C's MACs
     min_units: Optional[float] = None    # default: RAN-e-GT's non-linear units
@@ -114,7 +116,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
         collapse = search["collapse"]
     else:
         search, collapse = None, [True] * len(weights)
-    allowed = refine_lib.allowed_from_collapse(collapse)
+    allowed = refine_lib.allowed_from_collapse(collapse, cfg.kernels, cfg.activations)
     budgets = refine_lib.site_budgets(supernet, cfg.input_size, cfg.classes)
     doc: Dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
                            "budgets": {"max_macs": max_macs, "min_units": min_units}, "search": search,
@@ -123,7 +125,8 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
     found = {}
     for tgt in targets:
         model = models[tgt.name]
-        ref = refine_lib.refine(model, budgets, max_macs=max_macs, min_units=min_units, allowed=allowed, progress=say)
+        ref = refine_lib.refine(model, budgets, max_macs=max_macs, min_units=min_units, allowed=allowed,
+                                heads=tuple(cfg.activations), progress=say)
         name = (cfg.names or {}).get(tgt.name) or found_name(tgt.name)
         spec = design_spec(supernet, ref.best.design, name=name,
                            description=f"found by `ran hwsearch --targets {tgt.name}` (issue 15)")
@@ -140,6 +143,8 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
                          [("ran_e_gt", get_spec("ran_e_gt"))] + [(s.name, s) for s in found.values()]}
     doc["seconds"] = time.perf_counter() - t0
     fileio.write_text(out / "hwsearch.json", json.dumps(doc, indent=1) + "\n")
+    fileio.write_text(out / "hwsearch.md", format_report(doc))
+    say(format_report(doc, markdown=False))
     for tgt in targets:
         plot_pareto(doc["targets"][tgt.name], tgt.name, out / f"pareto_{tgt.name}.png")
     return doc
@@ -220,3 +225,39 @@ def plot_pareto(entry: Dict[str, Any], target: str, path: Path) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def format_report(doc: Dict[str, Any], markdown: bool = True) -> str:
+    """The run's tables: cost-model validation, the found designs against the references, digits accuracy."""
+    from ran_keras.report import table
+    parts = []
+    val = doc.get("validation", {})
+    names = [c["name"] for c in next(iter(val.values()))["checks"]] if val else []
+    rows = []
+    for i, name in enumerate(names):
+        row = [name]
+        for t in val:
+            c = val[t]["checks"][i]
+            row += [f"{c['predicted']:,.0f}", f"{c['measured']:,}", f"{100 * c['error']:+.4f}%"]
+        rows.append(row)
+    if rows:
+        headers = ["design"] + [f"{t} {h}" for t in val for h in ("predicted", "Vela", "error")]
+        parts.append(table(headers, rows, markdown=markdown))
+        parts.append("designs priced per second: " + ", ".join(
+            f"{t} {v['designs_per_second']:,.0f}" for t, v in val.items()))
+    for t, entry in doc.get("targets", {}).items():
+        conf = entry["confirmed"]
+        gt = conf.get("ran_e_gt", {}).get("fps")
+        rows = [[n, f"{r['fps']:.1f}", f"{r['fps'] / gt:.2f}x" if gt else "-",
+                 "-" if r["fps_predicted"] is None else f"{r['fps_predicted']:.1f}",
+                 f"{r['macs'] / 1e6:.1f}M", f"{r['nonlinear_units']:,}", r["cpu_ops"]] for n, r in conf.items()]
+        parts.append(f"{t}: best of {entry['evaluated']:,} designs priced ({entry['designs_per_second']:,.0f}/s "
+                     "with the budget bookkeeping)")
+        parts.append(table(["network", "FPS (Vela)", "vs GT", "FPS predicted", "MACs", "non-linear units", "CPU ops"],
+                           rows, markdown=markdown))
+    digits = doc.get("digits")
+    if digits:
+        parts.append(table(["network (digits width, recipe digits)", "held-out accuracy"],
+                           [[n, "-" if a is None else f"{100 * a:.2f}%"] for n, a in digits.items()],
+                           markdown=markdown))
+    return "\n\n".join(parts) + "\n"
