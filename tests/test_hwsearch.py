@@ -214,3 +214,40 @@ def test_cli_rejects_a_bad_target_before_work(capsys):
     from ran_keras.cli import main
     assert main(["hwsearch", "--targets", "u65-999", "--output-dir", "/nonexistent/x"]) == 2
     assert "unknown target 'u65-999'" in capsys.readouterr().err
+
+
+def test_cli_rejects_choices_outside_the_space(capsys):
+    from ran_keras.cli import main
+    for argv, message in ((["--activations", "gelu"], "a subset of relu6,hard_swish"),
+                          (["--kernels", "3,4"], "a subset of 3,5,7"), (["--band", "1"], "2 numbers")):
+        with pytest.raises(SystemExit):
+            main(["hwsearch"] + argv)
+        assert message in capsys.readouterr().err
+
+
+def test_report_front_and_names():
+    from ran_keras.search import hwsearch
+    assert hwsearch.found_name("u65-256") == "ran_e_hw_u65" and hwsearch.found_name("u85-256") == "ran_e_hw_u85_256"
+    choices = (Choice("ibn", 3, "relu6"), Choice("collapsed", 3, "relu6"))
+    front = [refine.Candidate(Design((a, b)), cycles=1e6 / f, fps=f, macs=10, units=u)
+             for (a, b), f, u in zip(itertools.product(choices, repeat=2), (10, 20, 15, 30), (40, 30, 35, 10))]
+    summary = hwsearch.front_summary(front)
+    assert [r["fps"] for r in summary if r["pareto"]] == [10, 15, 20, 30] and len(summary) == 4
+    check = hwcost.Check("ran_e_gt", 101.0, 100, 9.9, 10.0).to_dict()
+    conf = {n: {"fps": f, "fps_predicted": f, "macs": 4e8, "nonlinear_units": 17000, "cpu_ops": 0}
+            for n, f in (("ran_e_hw_u65", 30.0), ("ran_e_gt", 20.0))}
+    doc = {"validation": {"u65-256": {"checks": [check], "designs_per_second": 5e4, "max_abs_error": 0.01}},
+           "targets": {"u65-256": {"evaluated": 4, "designs_per_second": 100.0, "confirmed": conf}},
+           "digits": {"ran_e_gt": 0.975, "ran_e_hw_u65": 0.98}}
+    text = hwsearch.format_report(doc)
+    assert "+1.0000%" in text and "1.50x" in text and "98.00%" in text and "50,000" in text
+
+
+def test_pareto_plot_is_written(tmp_path):
+    from ran_keras.search import hwsearch
+    entry = {"front": [{"fps": 10.0 + i, "macs": 4e8 - i * 1e6, "nonlinear_units": 17000 - 100 * i, "pareto": i < 2}
+                       for i in range(5)],
+             "confirmed": {n: {"fps": f, "macs": 4e8, "nonlinear_units": 17000} for n, f in
+                           (("ran_e_hw_u65", 30.0), ("ran_e_gt", 20.0), ("efficientnet_lite_b0", 18.0))}}
+    path = hwsearch.plot_pareto(entry, "u65-256", tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and list(tmp_path.iterdir()) == [path]
