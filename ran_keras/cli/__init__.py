@@ -18,6 +18,7 @@ COMMANDS = [
     "ran_keras.cli.fold",
     "ran_keras.cli.weights",
     "ran_keras.cli.evaluate",
+    "ran_keras.cli.hwsearch",
 ]
 
 
