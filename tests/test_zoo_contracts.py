@@ -40,6 +40,7 @@ LAYER_EXAMPLES = {
     "LayerScale": {"init": 0.25},
     "BorderBias": {},
     "EdgePad": {"pad": 2},
+    "ChannelLayerNorm": {"epsilon": 1e-6},
 }
 
 

@@ -51,6 +51,10 @@ class TrainConfig:
     drop_path_rate: Optional[float] = _f(None, "stochastic depth: linear 0 -> rate over the blocks that have "
                                                "a drop_path field; default: keep the spec's values", group="model")
     seed: int = _f(0, "seed for initialisation, shuffling and augmentation", group="model")
+    qat: bool = _f(False, "quantisation-aware training (tfmot fake quantisation); the run also writes "
+                          "model_int8.tflite (int8, no representative data) beside model.keras", group="model")
+    init_model: Optional[str] = _f(None, "with --qat: float .keras model to fine-tune from (e.g. a finished run's "
+                                         "model.keras); default: the seeded initialisation", group="model")
 
     # --- data --------------------------------------------------------------------------------
     dataset: Optional[str] = _f(None, "'digits' (scikit-learn, offline) or a TFDS name such as imagenet2012",

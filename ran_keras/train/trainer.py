@@ -770,4 +770,17 @@ def train(cfg: TrainConfig, spec=None, *, transforms: Sequence[ModelTransform] =
           callbacks: Sequence[Callback] = (), log: Callable[[str], None] = print) -> RunResult:
     """Run (or resume) the task --task names (default classification) on ``spec`` (None: --model's)."""
     from ran_keras.tasks import make_task
-    return Trainer(cfg, make_task(cfg, spec), transforms, callbacks, log).run()
+    task = make_task(cfg, spec)
+    return Trainer(cfg, task, [*transforms, *config_transforms(cfg, task)], callbacks, log).run()
+
+
+def config_transforms(cfg: TrainConfig, task: Task) -> List[ModelTransform]:
+    """The transforms the config asks for: ``--qat`` (fine-tuning from ``--init_model``)."""
+    if cfg.init_model and not cfg.qat:
+        raise ConfigError(f"--init_model={cfg.init_model} is used with --qat only; add --qat or drop it")
+    if not cfg.qat:
+        return []
+    if cfg.init_model and not Path(cfg.init_model).is_file():
+        raise ConfigError(f"--init_model: no file {cfg.init_model!r} (a float .keras model, e.g. a run's model.keras)")
+    from ran_keras.quant.qat import QATTransform
+    return [QATTransform(cfg.init_model, spec=getattr(task, "spec", None))]
