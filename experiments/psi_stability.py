@@ -61,14 +61,16 @@ def study_spec(psi: str, widths: Sequence[int], depths: Sequence[int], fraction:
     return to_codesign(base, fraction, psi, name=f"psi_{psi}")
 
 
-def run_one(psi: str, lr: float, seed: int, out_dir: Path, log) -> Dict[str, Any]:
-    """One training run; a non-finite loss is a recorded outcome, not an error."""
+def run_one(psi: str, lr: float, seed: int, out_dir: Path, log, *, epochs: int, widths: Sequence[int],
+            depths: Sequence[int], fraction: float, **overrides: Any) -> Dict[str, Any]:
+    """One training run; a non-finite loss is a recorded outcome (status 'nan', its step), not an error.
+    ``overrides``: other TrainConfig settings (e.g. steps_per_epoch for a quick check)."""
     from ran_keras.train.config import resolve_config
     from ran_keras.train.trainer import NonFiniteLossError, train
-    spec = study_spec(psi, [int(w) for w in FLAGS.widths], [int(d) for d in FLAGS.depths], FLAGS.linear_fraction)
+    spec = study_spec(psi, widths, depths, fraction)
     model_dir = out_dir / f"{psi}_lr{lr:g}_seed{seed}"
-    cfg = resolve_config("digits", {"model_dir": str(model_dir), "seed": seed, "epochs": _flag("epochs"),
-                                    "learning_rate": lr, "log_every": 10 ** 6})
+    cfg = resolve_config("digits", {"model_dir": str(model_dir), "seed": seed, "epochs": epochs,
+                                    "learning_rate": lr, "log_every": 10 ** 6, **overrides})
     t0 = time.time()
     row: Dict[str, Any] = {"psi": psi, "learning_rate": lr, "seed": seed}
     try:
@@ -135,7 +137,9 @@ def main(argv: List[str]) -> int:
     for psi in psis:
         for lr in lrs:
             for seed in range(FLAGS.seeds):
-                row = run_one(psi, lr, seed, out_dir, lambda m: print(m, file=log_file, flush=True))
+                row = run_one(psi, lr, seed, out_dir, lambda m: print(m, file=log_file, flush=True),
+                              epochs=_flag("epochs"), widths=[int(w) for w in FLAGS.widths],
+                              depths=[int(d) for d in FLAGS.depths], fraction=FLAGS.linear_fraction)
                 rows.append(row)
                 acc = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
                 print(f"[{len(rows)}/{total}] psi {psi} lr {lr:g} seed {seed}: {row['status']} "

@@ -155,3 +155,51 @@ def test_restructure_refuses_wrong_inputs(keras):
         restructure.fold_codesign(model, spec)
     with pytest.raises(FoldError, match="was not built from spec"):
         restructure.linearise(model, convnext_spec("cx", [8], [2], kernel=3))
+
+
+# --- the psi study and the trainer's NaN stop --------------------------------------------------------
+
+def test_psi_study_summary_counts_nan_runs():
+    from ran_keras.experiments.psi_stability import markdown, summarise
+    rows = [{"psi": "exp", "learning_rate": 0.02, "seed": s, "status": st, "step": 9, "accuracy": a, "seconds": 2.0}
+            for s, (st, a) in enumerate([("ok", 0.9), ("nan", None), ("ok", 0.7)])]
+    (s,) = summarise(rows)
+    assert (s["runs"], s["nan_runs"], s["accuracy_min"], s["accuracy_max"]) == (3, 1, 0.7, 0.9)
+    assert s["accuracy_mean"] == pytest.approx(0.8) and s["accuracy_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert "| exp | 0.02 | 3 | 1 | 80.0 ± 14.1 (70.0-90.0) | 2 |" in markdown([s])
+
+
+def test_exp_run_that_overflows_is_recorded_not_crashed(tmp_path):
+    """An absurd learning rate drives e^x to inf: the trainer's NaN stop ends the run with a report."""
+    from ran_keras.experiments.psi_stability import run_one
+    logs = []
+    row = run_one("exp", 1e4, 0, tmp_path, logs.append, epochs=1, widths=[8], depths=[1], fraction=0.5,
+                  steps_per_epoch=6, batch_size=8)
+    assert row["status"] == "nan" and 1 <= row["step"] <= 6 and row["accuracy"] is None
+    assert row["message"].startswith("non-finite")
+    ok = run_one("bounded_exp", 1e-3, 0, tmp_path, logs.append, epochs=1, widths=[8], depths=[1], fraction=0.5,
+                 steps_per_epoch=2, batch_size=8)
+    assert ok["status"] == "ok" and 0 <= ok["accuracy"] <= 1
+
+
+def test_cli_linearise_fold_and_start_from(tmp_path, keras, rng):
+    from ran_keras.cli import main
+    from ran_keras.spec import sidecar_path
+    from ran_keras.train.transforms import start_from
+    spec = convnext_spec("cx", [8], [1], kernel=3)
+    model = ran_keras.create_model(spec, (16, 16, 3), classes=3, seed=0)
+    _randomise(model, rng)
+    model.save(tmp_path / "cx.keras")
+    spec.save(sidecar_path(tmp_path / "cx.keras"))
+    assert main(["codesign", "linearise", str(tmp_path / "cx.keras"), str(tmp_path / "lin.keras"),
+                 "--criterion", "linearity", "--samples", "2"]) == 0
+    assert main(["codesign", "fold", str(tmp_path / "lin.keras"), str(tmp_path / "f.keras"), "--json",
+                 str(tmp_path / "f.json")]) == 0
+    import json
+    report = json.loads((tmp_path / "f.json").read_text())
+    assert report["output_change"]["max_relative"] <= 1e-5 and report["blocks"][0]["linear_count"] == 13
+    lin_spec = NetworkSpec.load(sidecar_path(tmp_path / "lin.keras"))
+    fresh = start_from(tmp_path / "lin.keras").apply(ran_keras.create_model(lin_spec, (16, 16, 3), classes=3))
+    saved = ran_keras.builder.load_model(tmp_path / "lin.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), saved.get_weights()))
+    assert main(["codesign", "fold", str(tmp_path / "cx.keras"), str(tmp_path / "g.keras")]) == 2
