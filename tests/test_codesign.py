@@ -40,6 +40,14 @@ def test_codesign_spec_round_trips_and_keeps_other_blocks():
     assert prune_hidden(base, 0.5).stages[1][1].expansion == 2
 
 
+def test_ran_i_scaling_keeps_the_codesign_blocks():
+    from ran_keras.spec import scale_width_depth, stage_depths
+    spec = scale_width_depth(ran_keras.get_spec("convnext_tiny_codesign_c"), 0.666, 1.65)
+    assert stage_depths(spec) == (5, 5, 15, 5)
+    assert {(b.psi, b.linear_fraction) for b in spec.blocks() if b.kind == "convnext_codesign"} == {("exp", 0.4)}
+    assert profile_spec(spec).macs < profile_spec(ran_keras.get_spec("ran_i_tiny")).macs
+
+
 def test_codesign_spec_errors_name_the_field():
     with pytest.raises(SpecError, match="linear_fraction.*must be in \\(0, 1\\)"):
         BlockSpec("convnext_codesign", channels=8, linear_fraction=1.0)
