@@ -29,6 +29,8 @@ KIND_EXAMPLES = {
     "afrb3": {"channels": 16, "expansion": 2},
     "basic": {"channels": 24, "stride": 2},
     "convnext": {"channels": 16, "expansion": 3},
+    "convnext_codesign": {"channels": 16, "expansion": 3, "linear_fraction": 0.3, "psi": "bounded_exp",
+                          "lower": "expanded"},
     "convnext_down": {"channels": 32},
 }
 
@@ -41,6 +43,7 @@ LAYER_EXAMPLES = {
     "BorderBias": {},
     "EdgePad": {"pad": 2},
     "ChannelLayerNorm": {"epsilon": 1e-6},
+    "BoundedExp": {"limit": 3.0},
 }
 
 
