@@ -92,7 +92,7 @@ class Detector(keras.Model):
     """The two stages and what runs between them. ``call`` is inference: a dict with ``image``
     (B, H, W, 3) normalised and padded to 32, ``image_size`` (B, 2) the resized size and
     optionally ``original_size`` (B, 2) -> ``postprocess.detect``'s dict (boxes in original pixels
-    when ``original_size`` is given). ``losses_for`` is a training forward pass."""
+    when ``original_size`` is given). ``run`` also gives the training losses."""
 
     def __init__(self, config: DetectorConfig, backbone_rpn, roi_head, stride: int, **kwargs):
         super().__init__(name=config.name, **kwargs)
@@ -127,32 +127,38 @@ class Detector(keras.Model):
     # -- passes --
 
     def call(self, inputs, training: bool = False):
-        features, objectness, deltas, anchors = self.rpn(inputs["image"], training)
-        props = self.proposals(anchors, objectness, deltas, inputs["image_size"], False)
-        logits, boxes = self.box_head(features, props["boxes"], training)
-        cfg = self.config
-        return post.detect(logits, boxes, props["boxes"], props["valid"], inputs["image_size"],
-                           inputs.get("original_size"), cfg.score_threshold, cfg.nms_threshold,
-                           cfg.detections_per_image)
+        return self.run(inputs, training=training)["detections"]
 
-    def losses_for(self, images, image_sizes, gt_boxes, gt_classes, gt_trainable, seed,
-                   training: bool = True) -> Dict[str, tf.Tensor]:
-        """The four losses (``LOSS_TERMS``, torchvision's normalisation) of one batch; ``seed``
-        (2 ints) draws the anchor and RoI samples."""
-        cfg = self.config
-        rpn_seed, roi_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
-        features, objectness, deltas, anchors = self.rpn(images, training)
-        labels, targets = rpn_targets(anchors, gt_boxes, gt_trainable, cfg.rpn_fg_iou, cfg.rpn_bg_iou)
-        positive, negative = sample_balanced(labels, cfg.rpn_batch_per_image, cfg.rpn_positive_fraction, rpn_seed)
-        rpn_obj, rpn_box = rpn_losses(objectness, deltas, labels, targets, positive, negative)
-        props = self.proposals(anchors, objectness, deltas, image_sizes, True)
-        samples = roi_training_samples(props["boxes"], props["valid"], gt_boxes, gt_classes, gt_trainable, roi_seed,
-                                       cfg.roi_batch_per_image, cfg.roi_positive_fraction, cfg.roi_fg_iou,
-                                       cfg.roi_bg_iou)
-        logits, boxes = self.box_head(features, samples["rois"], training)
-        cls_loss, box_loss = roi_head_losses(logits, boxes, samples["labels"], samples["regression_targets"],
-                                             samples["valid"])
-        return dict(zip(LOSS_TERMS, (rpn_obj, rpn_box, cls_loss, box_loss)))
+    def run(self, inputs, gt: Optional[Dict] = None, seed=None, training: bool = False,
+            detections: bool = True) -> Dict:
+        """One pass sharing the backbone: ``losses`` (``LOSS_TERMS``, torchvision's normalisation)
+        when ``gt`` is given (``boxes`` (B, G, 4) in resized pixels, ``classes``, ``trainable``
+        (B, G)) with ``seed`` (2 ints, draws the anchor and RoI samples), and ``detections``
+        (``postprocess.detect``'s dict) unless ``detections`` is False. Proposals follow the
+        training counts when ``training``, else the test counts."""
+        cfg, out = self.config, {}
+        image_sizes = inputs["image_size"]
+        features, objectness, deltas, anchors = self.rpn(inputs["image"], training)
+        props = self.proposals(anchors, objectness, deltas, image_sizes, training)
+        if gt is not None:
+            rpn_seed, roi_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+            labels, targets = rpn_targets(anchors, gt["boxes"], gt["trainable"], cfg.rpn_fg_iou, cfg.rpn_bg_iou)
+            positive, negative = sample_balanced(labels, cfg.rpn_batch_per_image, cfg.rpn_positive_fraction,
+                                                 rpn_seed)
+            rpn_obj, rpn_box = rpn_losses(objectness, deltas, labels, targets, positive, negative)
+            samples = roi_training_samples(props["boxes"], props["valid"], gt["boxes"], gt["classes"],
+                                           gt["trainable"], roi_seed, cfg.roi_batch_per_image,
+                                           cfg.roi_positive_fraction, cfg.roi_fg_iou, cfg.roi_bg_iou)
+            logits, boxes = self.box_head(features, samples["rois"], training)
+            cls_loss, box_loss = roi_head_losses(logits, boxes, samples["labels"], samples["regression_targets"],
+                                                 samples["valid"])
+            out["losses"] = dict(zip(LOSS_TERMS, (rpn_obj, rpn_box, cls_loss, box_loss)))
+        if detections:
+            logits, boxes = self.box_head(features, props["boxes"], training)
+            out["detections"] = post.detect(logits, boxes, props["boxes"], props["valid"], image_sizes,
+                                            inputs.get("original_size"), cfg.score_threshold, cfg.nms_threshold,
+                                            cfg.detections_per_image)
+        return out
 
     # -- files --
 

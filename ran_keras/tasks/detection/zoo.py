@@ -94,3 +94,12 @@ for _backbone, _label, _paper in _BACKBONES:
     register_detector(DetectorConfig(name=f"rcnn_{_backbone}", backbone=_backbone, num_classes=91,
                                      representation_size=1024),
                       f"slim Faster R-CNN on {_label}'s stride-32 map, FC 1024 (Table 3 setting)", _paper)
+
+#: the offline deepforest demo (README / WORKSPACE.md): RAN-i-T at a quarter width, one class (tree),
+#: anchors for 10-100 pixel crowns at the images' own scale (400-pixel crops), a narrow head
+register_detector(DetectorConfig(name="rcnn_ran_i_tiny_demo", backbone="ran_i_tiny", backbone_width=0.25,
+                                 num_classes=2, representation_size=256, anchor_sizes=(16, 32, 64, 128),
+                                 rpn_pre_nms_train=600, rpn_post_nms_train=300, rpn_pre_nms_test=300,
+                                 rpn_post_nms_test=300, roi_batch_per_image=128, detections_per_image=150,
+                                 min_size=400, max_size=400),
+                  "deepforest demo: RAN-i-T at width 0.25, FC 256, anchors 16-128, 400-pixel inputs")
