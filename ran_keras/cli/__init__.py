@@ -17,6 +17,7 @@ COMMANDS = [
     "ran_keras.cli.fold",
     "ran_keras.cli.weights",
     "ran_keras.cli.evaluate",
+    "ran_keras.cli.detect",
 ]
 
 

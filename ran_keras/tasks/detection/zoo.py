@@ -101,5 +101,5 @@ register_detector(DetectorConfig(name="rcnn_ran_i_tiny_demo", backbone="ran_i_ti
                                  num_classes=2, representation_size=256, anchor_sizes=(16, 32, 64, 128),
                                  rpn_pre_nms_train=600, rpn_post_nms_train=300, rpn_pre_nms_test=300,
                                  rpn_post_nms_test=300, roi_batch_per_image=128, detections_per_image=150,
-                                 min_size=400, max_size=400),
-                  "deepforest demo: RAN-i-T at width 0.25, FC 256, anchors 16-128, 400-pixel inputs")
+                                 min_size=416, max_size=416),
+                  "deepforest demo: RAN-i-T at width 0.25, FC 256, anchors 16-128, 416-pixel inputs (no padding)")
