@@ -14,7 +14,8 @@ The slim two-stage detector (paper Sec. 3.5, Table 3) on any zoo backbone.
   list     registered detectors, their params / MACs beside Table 3
   train    absl flags (ran detect train --help): --model, --dataset, --model_dir, --backbone_weights ...
   eval     COCO AP of a trained detector (MODEL_DIR/detector) or a fresh one on a dataset
-  predict  boxes JSON and annotated PNGs for image files"""
+  predict  boxes JSON and annotated PNGs for image files
+  export   backbone + RPN as int8 TFLite (for `ran vela`), the whole detector as fp32 TFLite if it converts"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--min-score", type=float, default=0.5, help="keep detections scoring at least this (default 0.5)")
     q.add_argument("--classes", help="comma-separated class names for labels 1..K in the JSON")
     q.set_defaults(func=cmd_predict)
+
+
+    q = dsub.add_parser("export", help="backbone + RPN as int8 TFLite (ran vela), whole detector as fp32 TFLite")
+    q.add_argument("detector", help="a saved detector folder (MODEL_DIR/detector), or a registered name / config "
+                                    ".json (random weights)")
+    q.add_argument("-o", "--output", required=True, help="output folder")
+    q.add_argument("--image-size", type=positive_int, default=None,
+                   help="square input of the exported graphs (default: the detector's min_size rounded up to 32)")
+    q.add_argument("--no-whole", action="store_true", help="skip the fp32 whole-detector attempt")
+    add_json_arg(q)
+    q.set_defaults(func=cmd_export)
 
 
 def _size_args(q) -> None:
@@ -186,4 +198,23 @@ def cmd_predict(args) -> int:
     fileio.write_text(out / "detections.json", json.dumps({"detector": args.detector, "images": records},
                                                            indent=1) + "\n")
     print(f"wrote {out / 'detections.json'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ran_keras.tasks.detection.tflite_export import export_backbone_rpn, export_whole
+    detector, saved = _detector(args.detector, 0)
+    size = args.image_size or -(-detector.config.min_size // 32) * 32
+    if size % 32:
+        raise CliError(f"--image-size: must be a multiple of 32 (the backbone's stride), got {size}")
+    out = Path(args.output)
+    report = {"detector": args.detector, "trained": saved, "image_size": size,
+              "backbone_rpn_int8": export_backbone_rpn(detector, out, size)}
+    print(f"backbone + RPN int8: {report['backbone_rpn_int8']['path']} (compile it: ran vela "
+          f"{report['backbone_rpn_int8']['path']}); CPU stage: {report['backbone_rpn_int8']['cpu_stage']}")
+    if not args.no_whole:
+        whole = report["whole_fp32"] = export_whole(detector, out, size)
+        print(f"whole detector fp32: {whole.get('path') if whole['converted'] else 'not converted: ' + whole['error']}")
+    if args.json:
+        emit_json(report, args.json)
     return 0
