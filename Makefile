@@ -41,7 +41,7 @@ detect-demo: $(STAMP)
 	$(BIN)/ran detect eval --detector rcnn_ran_i_tiny_demo --dataset deepforest --json $(DETECT_OUT)/ap_before.json
 	$(BIN)/ran detect train $(DETECT_TRAIN_ARGS) --model_dir=$(DETECT_OUT)
 	$(BIN)/ran detect eval --detector $(DETECT_OUT)/detector --dataset deepforest --json $(DETECT_OUT)/ap_after.json
-	$(BIN)/ran detect predict $(DETECT_OUT)/detector deepforest:OSBS_029 -o $(DETECT_OUT)/predict
+	$(BIN)/ran detect predict $(DETECT_OUT)/detector deepforest:OSBS_029 -o $(DETECT_OUT)/predict --min-score 0.3
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
