@@ -20,6 +20,7 @@ COMMANDS = [
     "ran_keras.cli.weights",
     "ran_keras.cli.evaluate",
     "ran_keras.cli.hwsearch",
+    "ran_keras.cli.detect",
 ]
 
 

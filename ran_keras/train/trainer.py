@@ -53,7 +53,7 @@ from ran_keras.errors import RanError
 from ran_keras.runlock import FolderLock
 from ran_keras.tasks.base import Task, TaskError
 from ran_keras.train import checkpoints
-from ran_keras.train.config import ConfigError, TrainConfig
+from ran_keras.train.config import ConfigError, TrainConfig, lr_step_epochs
 from ran_keras.train.events import truncate_events
 from ran_keras.train.seeds import bind_step_seeds
 from ran_keras.train.transforms import ModelTransform
@@ -163,15 +163,19 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     this schedule's value at the step just taken."""
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, schedule: str = "cosine",
-                 minimum: float = 0.0):
+                 minimum: float = 0.0, boundaries: Sequence[int] = (), decay: float = 0.1):
         self.peak, self.warmup_steps, self.total_steps = float(peak), int(warmup_steps), int(total_steps)
         self.schedule, self.minimum = schedule, float(minimum)
+        self.boundaries, self.decay = tuple(int(b) for b in boundaries), float(decay)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warm = self.peak * (step + 1.0) / max(1, self.warmup_steps)
         if self.schedule == "constant":
             after = tf.constant(self.peak)
+        elif self.schedule == "step":   # x decay at each boundary step (torchvision's MultiStepLR)
+            passed = tf.reduce_sum(tf.cast(step >= tf.constant(self.boundaries or (2 ** 62,), tf.float32), tf.float32))
+            after = self.peak * tf.pow(self.decay, passed)
         else:
             decay = float(max(1, self.total_steps - self.warmup_steps))
             progress = tf.clip_by_value((step - self.warmup_steps) / decay, 0.0, 1.0)
@@ -180,7 +184,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return dict(peak=self.peak, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                    schedule=self.schedule, minimum=self.minimum)
+                    schedule=self.schedule, minimum=self.minimum, boundaries=self.boundaries, decay=self.decay)
 
 
 def is_decayed(variable) -> bool:
@@ -292,7 +296,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.peak_lr = cfg.peak_learning_rate()
         warmup = min(self.total_steps, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
-        self.schedule = WarmupSchedule(self.peak_lr, warmup, self.total_steps, cfg.schedule, cfg.min_learning_rate)
+        boundaries = ([e * self.steps_per_epoch for e in lr_step_epochs(cfg)] if cfg.schedule == "step" else [])
+        self.schedule = WarmupSchedule(self.peak_lr, warmup, self.total_steps, cfg.schedule, cfg.min_learning_rate,
+                                       boundaries, cfg.lr_decay)
         self.warmup_steps = warmup
 
     def _steps_per_epoch(self) -> int:
@@ -459,7 +465,7 @@ class Trainer:
             out.update({k: v / replicas for k, v in regs.items()})
             return out
 
-        @tf.function
+        @tf.function(reduce_retracing=True)   # detection batches vary in image and box-list size
         def train_step(features, labels):
             per_replica = strategy.run(replica_step, args=(features, labels))
             self.step_var.assign_add(1)
