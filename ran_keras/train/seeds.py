@@ -20,10 +20,17 @@ MAX_REPLICAS = 1 << 16
 
 class StepSeededMasks:
     """A Dropout layer's mask source (the ``dropout`` method Keras' Dropout calls): stateless masks seeded
-    by (``key``, step * MAX_REPLICAS + replica)."""
+    by (``key``, step * MAX_REPLICAS + replica). Everything else (``_rng_type``, which the layer's
+    ``get_config`` reads when the model is saved) comes from the generator it replaces."""
 
-    def __init__(self, key: int, step: Callable[[], "tf.Tensor"]):
-        self.key, self.step = int(key), step
+    def __init__(self, key: int, step: Callable[[], "tf.Tensor"], replaced=None):
+        self.key, self.step, self._replaced = int(key), step, replaced
+
+    def __getattr__(self, name):
+        replaced = self.__dict__.get("_replaced")
+        if replaced is None:
+            raise AttributeError(name)
+        return getattr(replaced, name)
 
     def seed(self):
         ctx = tf.distribute.get_replica_context()
@@ -46,6 +53,7 @@ def bind_step_seeds(model, step_variable, seed: int) -> int:
     count = 0
     for layer in model.submodules:
         if isinstance(layer, keras.layers.Dropout):
-            layer._random_generator = StepSeededMasks(layer_key(seed, layer.name), step_variable.read_value)
+            layer._random_generator = StepSeededMasks(layer_key(seed, layer.name), step_variable.read_value,
+                                                      layer._random_generator)
             count += 1
     return count
