@@ -316,3 +316,14 @@ def test_outputs_are_replaced_whole_or_left_as_they_were(tmp_path):
             tmp.write_text('{"run": 2, "trunc')
             raise RuntimeError("killed while writing")
     assert json.loads(path.read_text()) == {"run": 1} and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("tf_config", ["not json", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", '
+                                                    '"index": 1}}', '{"task": {"type": "worker", "index": 0}}'])
+def test_a_tf_config_that_is_no_cluster_is_refused_before_tensorflow_starts(monkeypatch, tf_config):
+    from ran_keras.train.config import resolve_config
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ConfigError, match=r"TF_CONFIG=.* is not a cluster description: "
+                                          r"--strategy=multi_worker_mirrored needs JSON like"):
+        resolve_config("digits", {"strategy": "multi_worker_mirrored"})
+    resolve_config("digits", {"strategy": "mirrored"})   # only the multi-worker strategy reads it

@@ -13,7 +13,9 @@ schedule is ``ran_keras.train.trainer.WarmupSchedule``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -270,6 +272,8 @@ def validate(cfg: TrainConfig) -> None:
     need("randaugment_magnitude", lambda v: 0 <= v <= 10, "in [0, 10]")
     need("drop_path_rate", lambda v: 0 <= v < 1, "in [0, 1)")
     need("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    if cfg.strategy == "multi_worker_mirrored":
+        check_tf_config()
     if cfg.strategy == "tpu" and not cfg.tpu:
         raise ConfigError("--strategy=tpu needs --tpu (a TPU name or grpc:// address; 'local' for a TPU VM)")
     if cfg.dataset and cfg.image_folder:
@@ -288,6 +292,25 @@ def lr_step_epochs(cfg: TrainConfig) -> Tuple[int, ...]:
         raise ConfigError(f"--lr_steps: --schedule=step needs increasing positive epochs separated by commas, "
                           f"e.g. 16,22; got {cfg.lr_steps!r}")
     return epochs
+
+
+def check_tf_config() -> None:
+    """A TF_CONFIG that MultiWorkerMirroredStrategy can use (unset: a cluster of this machine alone)."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        addresses = cluster[task["type"]]
+        count = len(addresses)
+        ok = isinstance(task["index"], int) and 0 <= task["index"] < count
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"TF_CONFIG={text!r} is not a cluster description: --strategy=multi_worker_mirrored "
+                          'needs JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
+                          '"worker", "index": 0}} with this process\'s task among the cluster\'s')
 
 
 def model_spec(cfg: TrainConfig):

@@ -39,7 +39,6 @@ import csv
 import io as _io
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -53,7 +52,7 @@ from ran_keras.errors import RanError
 from ran_keras.runlock import FolderLock
 from ran_keras.tasks.base import Task, TaskError
 from ran_keras.train import checkpoints
-from ran_keras.train.config import ConfigError, TrainConfig, lr_step_epochs
+from ran_keras.train.config import ConfigError, TrainConfig, check_tf_config, lr_step_epochs
 from ran_keras.train.events import truncate_events
 from ran_keras.train.seeds import bind_step_seeds
 from ran_keras.train.transforms import ModelTransform
@@ -100,25 +99,6 @@ def make_strategy(cfg: TrainConfig):
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
-
-
-def check_tf_config() -> None:
-    """A TF_CONFIG that MultiWorkerMirroredStrategy can use (unset: a cluster of this machine alone)."""
-    text = os.environ.get("TF_CONFIG")
-    if not text:
-        return
-    try:
-        config = json.loads(text)
-        cluster, task = config["cluster"], config["task"]
-        addresses = cluster[task["type"]]
-        count = len(addresses)
-        ok = isinstance(task["index"], int) and 0 <= task["index"] < count
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"TF_CONFIG={text!r} is not a cluster description: --strategy=multi_worker_mirrored "
-                          'needs JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
-                          '"worker", "index": 0}} with this process\'s task among the cluster\'s')
 
 
 def is_chief(strategy) -> bool:
