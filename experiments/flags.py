@@ -20,7 +20,8 @@ from ran_keras.train.config import FIELDS, RECIPES, TrainConfig, resolve_config
 
 FLAGS = flags.FLAGS
 
-GROUP_TITLES = {"model": "model", "data": "data and augmentation", "optim": "optimisation", "run": "run"}
+GROUP_TITLES = {"model": "model", "data": "data and augmentation", "detection": "detection (--task=detection)",
+                "optim": "optimisation", "run": "run"}
 
 
 def _recipe_note(name: str) -> str:

@@ -125,7 +125,7 @@ def convert(job: ConvertJob) -> Dict[str, Any]:
     fileio.write_bytes(path, data)
     report = {"key": job.key, "model": job.label, "calibration": calib, "agreement": agreement,
               "tflite": dict(info.to_dict(), file=path.name)}
-    fileio.write_text(path.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    fileio.write_json(path.with_suffix(".json"), report)
     report["seconds"] = time.perf_counter() - t0
     return report
 
@@ -582,7 +582,7 @@ def write_outputs(doc: Dict[str, Any], output_dir) -> List[Path]:
     out = Path(output_dir)
     paths = [fileio.write_text(out / "hwtable.md", "# Hardware table\n\n" + render_text(doc, markdown=True)),
              fileio.write_text(out / "hwtable.csv", render_csv(doc)),
-             fileio.write_text(out / "hwtable.json", json.dumps(doc, indent=1) + "\n"),
+             fileio.write_json(out / "hwtable.json", doc),
              plot(doc, out / "hwtable.png")]
     return paths
 

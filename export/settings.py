@@ -14,8 +14,9 @@ from ran_keras.export.errors import CalibrationError, ExportError
 CALIBRATION_SOURCE = "photos"
 CALIBRATION_COUNT = 8
 DEFAULT_MODELS = ("efficientnet_lite_b0", "efficientnet_lite_b0_hswish", "ran_e_supernet_ibn", "ran_e_subnet_w",
-                  "ran_e_a", "ran_e_b", "ran_e_c", "ran_e_gt", "resnet18", "repvgg_a0")
-DEFAULT_TARGETS = ("u55-128", "u65-256", "u65-256-384k")
+                  "ran_e_a", "ran_e_b", "ran_e_c", "ran_e_gt", "ran_e_hw_u65", "ran_e_hw_u55", "resnet18",
+                  "repvgg_a0")
+DEFAULT_TARGETS = ("u55-128", "u65-256", "u65-256-384k", "u85-256", "u85-512")
 REFERENCE = "efficientnet_lite_b0"
 #: --activation values: each model's own, or one of these everywhere (aliases such as hswish work)
 ACTIVATIONS = ("default", "relu6", "hard_swish")

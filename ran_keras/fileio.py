@@ -1,13 +1,15 @@
-"""Atomic file output: write to a temporary file next to the target, then rename."""
+"""Atomic file output: write to a temporary file next to the target, then rename. JSON is always
+written strictly (no NaN/Infinity, which are not JSON)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 from ran_keras.errors import RanError
 
@@ -101,3 +103,30 @@ def _check_folder(folder: Path, flag: str, target: Path) -> None:
                               f"({err.strerror or err}); choose a writable location") from None
     os.close(fd)
     os.unlink(probe)
+
+
+class NonFiniteJSONError(RanError, ValueError):
+    """A value to be written as JSON holds NaN or Infinity, which JSON cannot represent."""
+
+
+def json_text(data: Any, indent: Optional[int] = 1, what: str = "the data", sort_keys: bool = False) -> str:
+    """``data`` as strict JSON text (a trailing newline); NonFiniteJSONError naming ``what`` on NaN/Inf."""
+    try:
+        return json.dumps(data, indent=indent, allow_nan=False, sort_keys=sort_keys) + "\n"
+    except ValueError:
+        raise NonFiniteJSONError(f"{what} holds a non-finite number (NaN or Infinity), which JSON cannot hold; "
+                                 f"nothing was written: {_nonfinite_keys(data)}") from None
+
+
+def _nonfinite_keys(data: Any, prefix: str = "") -> str:
+    """The paths of the NaN/Inf values in ``data`` (for the message), e.g. ``final.eval_loss=nan``."""
+    if isinstance(data, float):
+        return "" if data == data and abs(data) != float("inf") else f"{prefix or 'value'}={data}"
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    found = [_nonfinite_keys(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in items]
+    return ", ".join(f for f in found if f)
+
+
+def write_json(path: PathLike, data: Any, indent: Optional[int] = 1) -> Path:
+    """Write ``data`` to ``path`` as strict JSON, atomically (refused before writing if it holds NaN/Inf)."""
+    return write_text(path, json_text(data, indent, what=str(path)))

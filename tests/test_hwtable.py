@@ -193,31 +193,31 @@ def test_cli_hwtable_with_activation(tmp_path, capsys):
     assert "HARD_SWISH" not in ops
 
 
-#: a spec with LayerNorms: int8 TFLite computes their statistics with MEAN over channels, which
-#: Vela 5.2 leaves to the CPU on Ethos-U55 ("Unsupported depth-reduction")
-LAYERNORM_SPEC = {"format": "ran-keras-spec", "version": 1, "name": "tiny_ln", "head": [], "activation": "gelu",
-                  "stem": [{"kind": "conv", "channels": 8, "kernel": 4, "stride": 4, "norm": "ln", "bias": True,
-                            "activation": "linear"}],
-                  "stages": [[{"kind": "convnext", "channels": 8, "kernel": 3, "expansion": 2}]]}
+#: a spec with a stride-4 depthwise convolution, which Vela 5.2 leaves to the CPU (its LayerNorms
+#: would not be: the export runs them on the NPU, see tests/test_layernorm_npu.py)
+CPU_OP_SPEC = {"format": "ran-keras-spec", "version": 1, "name": "tiny_cpu", "head": [], "activation": "relu",
+               "stem": [{"kind": "conv", "channels": 8, "kernel": 3, "stride": 1}],
+               "stages": [[{"kind": "dw", "kernel": 5, "stride": 4}]]}
 
 
 def test_fail_on_cpu_ops_with_a_real_cpu_operator(family, tmp_path, capsys):
     import shutil
     shutil.copytree(family[0] / "tflite", tmp_path / "tflite")  # the reference comes from the cache
-    spec = tmp_path / "tiny_ln.json"
-    spec.write_text(json.dumps(LAYERNORM_SPEC))
+    spec = tmp_path / "tiny_cpu.json"
+    spec.write_text(json.dumps(CPU_OP_SPEC))
     argv = ["hwtable", "--models", str(spec), "--targets", "u55-128", "--input-size", "64", "--samples", "2",
             "--no-compare", "--jobs", "1", "--output-dir", str(tmp_path)]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "fall back to the CPU" in captured.err and "tiny_ln" in captured.out
+    assert "fall back to the CPU" in captured.err and "tiny_cpu" in captured.out
     assert main(argv + ["--fail-on-cpu-ops"]) == 1
     captured = capsys.readouterr()
     assert "u55-128 FPS" in captured.out  # the table is still printed (and written)
-    assert "ran hwtable: error: 4 operator(s) fall back to the CPU: tiny_ln on u55-128 (4): MEAN" in captured.err
-    with pytest.raises(CpuOpsError, match=r"tiny_ln on u55-128 \(4\)") as err:
+    assert ("ran hwtable: error: 1 operator(s) fall back to the CPU: tiny_cpu on u55-128 (1): DepthwiseConv2D"
+            in captured.err)
+    with pytest.raises(CpuOpsError, match=r"tiny_cpu on u55-128 \(1\)") as err:
         hwtable.run(settings(models=(str(spec),), targets=("u55-128",), jobs=1, fail_on_cpu_ops=True), tmp_path)
-    assert [m["label"] for m in err.value.document["models"]] == ["efficientnet_lite_b0", "tiny_ln"]
+    assert [m["label"] for m in err.value.document["models"]] == ["efficientnet_lite_b0", "tiny_cpu"]
     assert json.loads((tmp_path / "hwtable.json").read_text()) == err.value.document
 
 

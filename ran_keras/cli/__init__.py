@@ -16,8 +16,11 @@ COMMANDS = [
     "ran_keras.cli.scale",
     "ran_keras.cli.train",
     "ran_keras.cli.fold",
+    "ran_keras.cli.codesign",
     "ran_keras.cli.weights",
     "ran_keras.cli.evaluate",
+    "ran_keras.cli.hwsearch",
+    "ran_keras.cli.detect",
 ]
 
 

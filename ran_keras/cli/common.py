@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any, List, Optional
@@ -30,7 +29,7 @@ def add_json_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def emit_json(data: Any, dest: Optional[str]) -> None:
-    text = json.dumps(data, indent=1, sort_keys=False) + "\n"
+    text = fileio.json_text(data, what="the --json output")
     if dest in (None, "-"):
         sys.stdout.write(text)
     else:

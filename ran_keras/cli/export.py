@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "spec or Keras file: it is exported to int8 first (same options as `ran export`).")
     p.add_argument("model", nargs="?", metavar="MODEL", help=".tflite file, or a model to export first")
     p.add_argument("-t", "--target", action="append", type=_csv_list, metavar="TARGET",
-                   help="named target (u55-128, u65-256, u65-256-384k, u85-256) or ACCEL:SYSTEM:MEMORY; repeat or "
+                   help="named target (u55-128, u65-256, u65-256-384k, u85-256, u85-512) or ACCEL:SYSTEM:MEMORY; repeat or "
                         "comma-separate (default: all named targets)")
     p.add_argument("--accelerator-config", help="with --system-config/--memory-mode: a user combination")
     p.add_argument("--system-config", help="Vela system config (e.g. Ethos_U55_High_End_Embedded)")

@@ -353,7 +353,7 @@ class NetworkSpec:
         return out
 
     def to_json(self, indent: Optional[int] = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent) + "\n"
+        return fileio.json_text(self.to_dict(), indent, what=f"spec {self.name}")
 
     @classmethod
     def from_dict(cls, data: Any) -> "NetworkSpec":
