@@ -168,11 +168,12 @@ def test_settings_and_outputs_are_checked_before_tensorflow_starts():
             "codes = [main(['train', '--recipe=digits', '--model=ran_e_a', '--batch_size=0']),\n"
             "         main(['export', 'ran_e_gt', '-o', '/proc/ran_keras/x.tflite']),\n"
             "         main(['vela', 'ran_e_gt', '--output-dir', '/proc/ran_keras']),\n"
-            "         main(['profile', 'ran_e_gt', '--json', '/proc/ran_keras/p.json'])]\n"
+            "         main(['profile', 'ran_e_gt', '--json', '/proc/ran_keras/p.json']),\n"
+            "         main(['train', '--recipe=digits', '--model=ran_e_a'])]\n"
             "print(codes, 'tensorflow' in sys.modules, time.perf_counter() - t)\n")
     proc = fresh_python(code)
     codes, tf_loaded, seconds = proc.stdout.split("]")[0] + "]", *proc.stdout.split("]")[1].split()
-    assert codes == "[2, 2, 2, 2]" and tf_loaded == "False", proc.stderr
+    assert codes == "[2, 2, 2, 2, 2]" and tf_loaded == "False", proc.stderr
     err = proc.stderr.splitlines()
     assert err == ["ran train: error: --batch_size: must be a positive integer, got 0",
                    "ran export: error: --output '/proc/ran_keras/x.tflite': cannot write in '/proc' (No such file "
@@ -180,7 +181,9 @@ def test_settings_and_outputs_are_checked_before_tensorflow_starts():
                    "ran vela: error: --output-dir '/proc/ran_keras': cannot write in '/proc' (No such file or "
                    "directory); choose a writable location",
                    "ran profile: error: --json '/proc/ran_keras/p.json': cannot write in '/proc' (No such file or "
-                   "directory); choose a writable location"]
+                   "directory); choose a writable location",
+                   "ran train: error: --model_dir is required (checkpoints, logs and the final model go there; "
+                   "re-running with the same folder resumes)"]
 
 
 def test_input_std_is_checked_by_the_parser_and_the_library(capsys):

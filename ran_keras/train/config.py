@@ -313,6 +313,13 @@ def check_tf_config() -> None:
                           '"worker", "index": 0}} with this process\'s task among the cluster\'s')
 
 
+def require_model_dir(cfg: TrainConfig) -> None:
+    """A run writes everything to --model_dir: one without it is refused (before TensorFlow starts)."""
+    if not cfg.model_dir:
+        raise ConfigError("--model_dir is required (checkpoints, logs and the final model go there; "
+                          "re-running with the same folder resumes)")
+
+
 def model_spec(cfg: TrainConfig):
     """The spec --model names (a registered name or a spec .json file), before --width, --activation
     and --drop_path_rate (``ran_keras.tasks.classification.prepare_spec`` applies those). No TensorFlow."""

@@ -52,7 +52,8 @@ from ran_keras.errors import RanError
 from ran_keras.runlock import FolderLock
 from ran_keras.tasks.base import Task, TaskError
 from ran_keras.train import checkpoints
-from ran_keras.train.config import ConfigError, TrainConfig, check_tf_config, lr_step_epochs
+from ran_keras.train.config import (ConfigError, TrainConfig, check_tf_config, lr_step_epochs,
+                                    require_model_dir)
 from ran_keras.train.events import truncate_events
 from ran_keras.train.seeds import bind_step_seeds
 from ran_keras.train.transforms import ModelTransform
@@ -247,9 +248,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, task: Task, transforms: Sequence[ModelTransform] = (),
                  callbacks: Sequence[Callback] = (), log: Callable[[str], None] = print):
-        if not cfg.model_dir:
-            raise ConfigError("--model_dir is required (checkpoints, logs and the final model go there; "
-                              "re-running with the same folder resumes)")
+        require_model_dir(cfg)
         self.cfg, self.task = cfg, task
         self.transforms = list(transforms)
         self.callbacks = list(callbacks)
