@@ -33,10 +33,12 @@ def _define() -> None:
     define("list", "targets", ["u55-128", "u65-256", "u85-256", "u85-512"], "Vela targets")
     define("integer", "input_size", 224, "input height and width")
     define("integer", "samples", 8, "calibration photos")
+    define("list", "forms", ["keras", "npu"], "LayerNorm forms to export: keras (MEANs) and/or npu (the rewrite)")
     define("string", "out_dir", "runs/layernorm_npu", "output folder")
 
 
-def measure(model_name: str, targets: List[str], input_size: int, samples: int, out: Path) -> List[Dict[str, Any]]:
+def measure(model_name: str, targets: List[str], input_size: int, samples: int, out: Path,
+            forms=("keras", "npu")) -> List[Dict[str, Any]]:
     from ran_keras import registry
     from ran_keras.builder import build_model
     from ran_keras.export import calibration as cal
@@ -47,7 +49,8 @@ def measure(model_name: str, targets: List[str], input_size: int, samples: int, 
     model = build_model(spec, (input_size, input_size, 3), classes=1000, seed=0)
     images, _ = cal.calibration_set("photos", samples, input_size, spec=spec, channels=3, seed=0)
     rows = []
-    for form, npu in (("keras", False), ("npu", True)):
+    for form in forms:
+        npu = {"keras": False, "npu": True}[form]
         print(f"{spec.name}: converting ({form} LayerNorm) ...", flush=True)
         path = out / f"{spec.name}_{form}.tflite"
         path.write_bytes(to_tflite(model, images, npu_layer_norm=npu))
@@ -80,7 +83,7 @@ def main(argv) -> int:
     failed = []
     for name in FLAGS.models:
         try:
-            rows += measure(name, list(FLAGS.targets), FLAGS.input_size, FLAGS.samples, out)
+            rows += measure(name, list(FLAGS.targets), FLAGS.input_size, FLAGS.samples, out, FLAGS.forms)
         except Exception as err:  # finish the others, report this one
             failed.append(f"{name}: {type(err).__name__}: {err}")
             print(f"FAILED {failed[-1]}", file=sys.stderr, flush=True)

@@ -44,6 +44,7 @@ LAYER_EXAMPLES = {
     "EdgePad": {"pad": 2},
     "ChannelLayerNorm": {"epsilon": 1e-6},
     "BoundedExp": {"limit": 3.0},
+    "Rsqrt": {"floor": 1e-5},
 }
 
 

@@ -8,11 +8,13 @@ from ran_keras.layers.edge_pad import EdgePad
 from ran_keras.layers.hard_swish import HardSwish
 from ran_keras.layers.layer_scale import LayerScale
 from ran_keras.layers.prelu import ClipAlpha, SharedAlphaPReLU
+from ran_keras.layers.rsqrt import Rsqrt
 
 #: every custom class, under the name Keras registers it with ('ran_keras>Name')
 CUSTOM_OBJECTS = {f"ran_keras>{cls.__name__}": cls
                   for cls in (SharedAlphaPReLU, ClipAlpha, HardSwish, LayerScale, BorderBias, EdgePad, BoundedExp,
-                               ChannelLayerNorm)}
+                               ChannelLayerNorm, Rsqrt)}
 
 __all__ = ["BorderBias", "BoundedExp", "ChannelLayerNorm", "CUSTOM_OBJECTS", "EdgePad", "ClipAlpha", "HardSwish", "LayerScale",
+           "Rsqrt",
            "SharedAlphaPReLU"]

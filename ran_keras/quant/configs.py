@@ -55,8 +55,9 @@ LAYER_CONFIGS: Dict[str, OutputQuantizeConfig] = {
     "BorderBias": OutputQuantizeConfig(),                      # -> ADD of a constant
     "EdgePad": OutputQuantizeConfig(output=False),             # -> MIRROR_PAD, same scale as its input
     "PReLU": OutputQuantizeConfig(),                           # registry 'prelu' -> PRELU
-    "LayerNormalization": OutputQuantizeConfig(),              # several ops: see ran_keras.quant.qat
-    "ChannelLayerNorm": OutputQuantizeConfig(),
+    "Rsqrt": OutputQuantizeConfig(),                           # -> RSQRT
+    "Subtract": OutputQuantizeConfig(),                        # -> SUB (LayerNorm's centring)
+    "Multiply": OutputQuantizeConfig(),                        # -> MUL
 }
 
 #: Keras activation functions tfmot's default registry refuses in an Activation layer
@@ -64,8 +65,9 @@ ACTIVATION_CONFIGS: Dict[str, OutputQuantizeConfig] = {
     "exponential": OutputQuantizeConfig(),                     # registry 'exp' -> EXP
 }
 
-#: layers ``quantize`` replaces before tfmot sees them (``ran_keras.quant.split``)
-SPLIT_LAYERS = ("SharedAlphaPReLU",)
+#: layers ``quantize`` replaces by one-op layers before tfmot sees them (``ran_keras.quant.split``);
+#: a standalone BatchNormalization is replaced too
+SPLIT_LAYERS = ("SharedAlphaPReLU", "LayerNormalization", "ChannelLayerNorm")
 
 
 def config_for(layer) -> Optional[OutputQuantizeConfig]:

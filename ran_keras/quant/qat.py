@@ -43,6 +43,11 @@ def quantize(model):
     nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
     if nested:
         raise QuantizationError(f"{model.name}: nested models cannot be quantised by tfmot: {', '.join(nested)}")
+    unknown = [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
+               if configs.config_for(layer) is None and not type(layer).__module__.startswith("tf_keras.")]
+    if unknown:
+        raise QuantizationError(f"{model.name}: no QuantizeConfig for the custom layer(s) {', '.join(unknown)}; "
+                                "add one to LAYER_CONFIGS in ran_keras/quant/configs.py")
     annotated = keras.models.clone_model(model, clone_function=_annotate)
     try:
         with _qk.quantize_scope(configs.scope()):
@@ -99,7 +104,7 @@ def _short(variable) -> str:
 def float_weights(target, qat_model) -> None:
     """Copy every weight of ``target`` (a float model of the same spec) from ``qat_model``, matching
     layers by name and variables by name; a SharedAlphaPReLU takes the alpha of its split
-    LeakyReLU, a standalone BatchNorm the affine map of its depthwise stand-in. Raises
+    LeakyReLU, a standalone BatchNorm or a LayerNorm the affine map of its depthwise stand-in. Raises
     QuantizationError naming what has no counterpart."""
     from ran_keras.layers import SharedAlphaPReLU
     missing = []
@@ -112,6 +117,10 @@ def float_weights(target, qat_model) -> None:
             continue
         if isinstance(layer, keras.layers.BatchNormalization) and isinstance(source, keras.layers.DepthwiseConv2D):
             _bn_from_affine(layer, by_name["depthwise_kernel"], by_name["bias"])
+            continue
+        if hasattr(layer, "gamma") and hasattr(layer, "beta") and isinstance(source, keras.layers.DepthwiseConv2D):
+            layer.gamma.assign(np.asarray(by_name["depthwise_kernel"]).reshape(-1))   # a LayerNorm's affine part
+            layer.beta.assign(by_name["bias"])
             continue
         for variable in layer.weights:
             if _short(variable) not in by_name:
