@@ -77,13 +77,14 @@ def prelu_search(cfg: HwSearchConfig, weights: Sequence[float], say) -> Dict[str
             "weights": list(weights), "lambda": cfg.lam, "band": list(cfg.band), "epochs": cfg.search_epochs}
 
 
-def train_digits(spec, model_dir: Path, epochs: int, say) -> Optional[float]:
+def train_digits(spec, model_dir: Path, epochs: int, say, seed: int = 0) -> Optional[float]:
     """Held-out digits accuracy of ``spec`` trained at the demo's width with the ``digits`` recipe."""
     from ran_keras.search.prelu import digits_variant
     from ran_keras.train.config import resolve_config
     from ran_keras.train.trainer import train
     narrow = digits_variant(spec, f"{spec.name}_digits")
-    result = train(resolve_config("digits", {"model_dir": str(model_dir), "epochs": epochs}), narrow, log=say)
+    cfg = resolve_config("digits", {"model_dir": str(model_dir), "epochs": epochs, "seed": seed})
+    result = train(cfg, narrow, log=say)
     return result.final.get("eval_accuracy")
 
 
@@ -146,7 +147,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
     fileio.write_text(out / "hwsearch.md", format_report(doc))
     say(format_report(doc, markdown=False))
     for tgt in targets:
-        plot_pareto(doc["targets"][tgt.name], tgt.name, out / f"pareto_{tgt.name}.png")
+        plot_pareto(doc["targets"][tgt.name], tgt.name, out / f"pareto_{tgt.name}.png", doc["budgets"])
     return doc
 
 
@@ -198,9 +199,9 @@ def confirm(comp, supernet, model, tgt, spec, say) -> Dict[str, Any]:
     return rows
 
 
-def plot_pareto(entry: Dict[str, Any], target: str, path: Path) -> Path:
+def plot_pareto(entry: Dict[str, Any], target: str, path: Path, budgets: Optional[Dict[str, float]] = None) -> Path:
     """FPS against non-linear units and against MACs: refinement designs (predicted), the references and
-    the found design (Vela)."""
+    the found design (Vela), the budgets as dashed lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -215,6 +216,9 @@ def plot_pareto(entry: Dict[str, Any], target: str, path: Path) -> Path:
                        color="C3" if found else "C0", zorder=3)
             ax.annotate(name.replace("ran_e_", ""), (row[key], row["fps"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
+        limit = (budgets or {}).get("min_units" if key == "nonlinear_units" else "max_macs")
+        if limit:
+            ax.axvline(limit, color="C2", ls="--", lw=1, label="budget")
         ax.set_xlabel(label)
         ax.set_ylabel(f"FPS on {target} (Vela 5.2)")
         ax.grid(alpha=0.3)
