@@ -107,7 +107,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
         rate = hwcost.pricing_rate(models[t.name], [d for _, d in held] * 100)
         validation[t.name] = {"checks": [c.to_dict() for c in checks], "designs_per_second": rate,
                               "max_abs_error": max(abs(c.error) for c in checks)}
-        say(f"{t.name}: cost model within {100 * validation[t.name]['max_abs_error']:.2f}% of Vela on "
+        say(f"{t.name}: cost model within {100 * validation[t.name]['max_abs_error']:.4f}% of Vela on "
             f"{len(checks)} held-out designs; {rate:,.0f} designs priced per second")
     first = models[targets[0].name]
     weights = hwcost.collapse_weights(first)
