@@ -88,6 +88,18 @@ def train_digits(spec, model_dir: Path, epochs: int, say, seed: int = 0) -> Opti
     return result.final.get("eval_accuracy")
 
 
+def digits_accuracies(specs, folder: Path, epochs: int, say) -> Dict[str, Optional[float]]:
+    """{name: held-out digits accuracy}; specs that differ only in name and description train once."""
+    done: Dict[str, Optional[float]] = {}
+    out = {}
+    for spec in specs:
+        key = json.dumps(dict(spec.to_dict(), name="", description=""), sort_keys=True)
+        if key not in done:
+            done[key] = train_digits(spec, folder / spec.name, epochs, say)
+        out[spec.name] = done[key]
+    return out
+
+
 def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, Any]:
     from ran_keras.export.vela import resolve_target
     from ran_keras.registry import get_spec
@@ -140,8 +152,8 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
                                     "front": front_summary(ref.front),
                                     "confirmed": confirm(comp, supernet, model, tgt, spec, say)}
     if cfg.train_epochs > 0:
-        doc["digits"] = {n: train_digits(s, out / "digits" / n, cfg.train_epochs, say) for n, s in
-                         [("ran_e_gt", get_spec("ran_e_gt"))] + [(s.name, s) for s in found.values()]}
+        doc["digits"] = digits_accuracies([get_spec("ran_e_gt")] + list(found.values()), out / "digits",
+                                          cfg.train_epochs, say)
     doc["seconds"] = time.perf_counter() - t0
     fileio.write_text(out / "hwsearch.json", json.dumps(doc, indent=1) + "\n")
     fileio.write_text(out / "hwsearch.md", format_report(doc))
