@@ -57,6 +57,22 @@ def found_name(target: str) -> str:
     return FOUND_NAMES.get(target) or "ran_e_hw_" + re.sub(r"[^0-9a-zA-Z]+", "_", target).strip("_").lower()
 
 
+def command_line(cfg: HwSearchConfig) -> str:
+    """The ``ran hwsearch`` options that decide the found design (those differing from the defaults)."""
+    default = HwSearchConfig()
+    parts = ["ran hwsearch", "--targets " + ",".join(cfg.targets)]
+    for flag, attr in (("--supernet", "supernet"), ("--input-size", "input_size"), ("--classes", "classes"),
+                       ("--lambda", "lam"), ("--search-epochs", "search_epochs"), ("--max-macs", "max_macs"),
+                       ("--min-units", "min_units")):
+        if getattr(cfg, attr) != getattr(default, attr):
+            parts.append(f"{flag} {getattr(cfg, attr):g}" if isinstance(getattr(cfg, attr), float)
+                         else f"{flag} {getattr(cfg, attr)}")
+    for flag, attr in (("--band", "band"), ("--kernels", "kernels"), ("--activations", "activations")):
+        if tuple(getattr(cfg, attr)) != tuple(getattr(default, attr)):
+            parts.append(f"{flag} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in getattr(cfg, attr)))
+    return " ".join(parts)
+
+
 def _budgets(cfg: HwSearchConfig):
     from ran_keras.analysis.profiler import profile_spec
     from ran_keras.registry import get_spec
@@ -142,7 +158,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
                                 heads=tuple(cfg.activations), progress=say)
         name = (cfg.names or {}).get(tgt.name) or found_name(tgt.name)
         spec = design_spec(supernet, ref.best.design, name=name,
-                           description=f"found by `ran hwsearch --targets {tgt.name}` (issue 15)")
+                           description=f"found by `{command_line(cfg)}` for {tgt.name} (issue 15)")
         fileio.write_text(out / f"{name}.json", json.dumps(spec.to_dict(), indent=1) + "\n")
         say(f"{tgt.name}: best predicted {ref.best.fps:.1f} FPS, {ref.best.macs / 1e6:.0f}M MACs, "
             f"{ref.best.units:,} units; {ref.evaluated:,} designs priced at {ref.rate:,.0f}/s -> {out / name}.json")
