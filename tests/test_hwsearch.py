@@ -251,3 +251,12 @@ def test_pareto_plot_is_written(tmp_path):
                            (("ran_e_hw_u65", 30.0), ("ran_e_gt", 20.0), ("efficientnet_lite_b0", 18.0))}}
     path = hwsearch.plot_pareto(entry, "u65-256", tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and list(tmp_path.iterdir()) == [path]
+
+
+def test_found_specs_name_the_command():
+    from ran_keras.search.hwsearch import HwSearchConfig, command_line
+    assert command_line(HwSearchConfig()) == "ran hwsearch --targets u65-256,u55-128"
+    assert command_line(HwSearchConfig(targets=("u65-256",), activations=("hard_swish",), lam=0.3)) == (
+        "ran hwsearch --targets u65-256 --lambda 0.3 --activations hard_swish")
+    spec = registry.get_spec("ran_e_hw_u65")
+    assert "`ran hwsearch --targets u65-256,u55-128 --activations hard_swish`" in spec.description

@@ -314,7 +314,7 @@ def validate(model: CostModel, designs: Sequence[Tuple[str, Design]], compiler: 
         rep = compiler.compile(spec, tgt)
         check = Check(name, model.cycles(design), rep.cycles_total, model.fps(design), rep.inferences_per_second)
         say(f"  {tgt.name} {name}: predicted {check.predicted:,.0f}, Vela {check.measured:,} cycles "
-            f"({100 * check.error:+.2f}%)")
+            f"({100 * check.error:+.4f}%)")
         out.append(check)
     return out
 

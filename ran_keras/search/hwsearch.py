@@ -57,6 +57,22 @@ def found_name(target: str) -> str:
     return FOUND_NAMES.get(target) or "ran_e_hw_" + re.sub(r"[^0-9a-zA-Z]+", "_", target).strip("_").lower()
 
 
+def command_line(cfg: HwSearchConfig) -> str:
+    """The ``ran hwsearch`` options that decide the found design (those differing from the defaults)."""
+    default = HwSearchConfig()
+    parts = ["ran hwsearch", "--targets " + ",".join(cfg.targets)]
+    for flag, attr in (("--supernet", "supernet"), ("--input-size", "input_size"), ("--classes", "classes"),
+                       ("--lambda", "lam"), ("--search-epochs", "search_epochs"), ("--max-macs", "max_macs"),
+                       ("--min-units", "min_units")):
+        if getattr(cfg, attr) != getattr(default, attr):
+            parts.append(f"{flag} {getattr(cfg, attr):g}" if isinstance(getattr(cfg, attr), float)
+                         else f"{flag} {getattr(cfg, attr)}")
+    for flag, attr in (("--band", "band"), ("--kernels", "kernels"), ("--activations", "activations")):
+        if tuple(getattr(cfg, attr)) != tuple(getattr(default, attr)):
+            parts.append(f"{flag} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in getattr(cfg, attr)))
+    return " ".join(parts)
+
+
 def _budgets(cfg: HwSearchConfig):
     from ran_keras.analysis.profiler import profile_spec
     from ran_keras.registry import get_spec
@@ -77,14 +93,27 @@ def prelu_search(cfg: HwSearchConfig, weights: Sequence[float], say) -> Dict[str
             "weights": list(weights), "lambda": cfg.lam, "band": list(cfg.band), "epochs": cfg.search_epochs}
 
 
-def train_digits(spec, model_dir: Path, epochs: int, say) -> Optional[float]:
+def train_digits(spec, model_dir: Path, epochs: int, say, seed: int = 0) -> Optional[float]:
     """Held-out digits accuracy of ``spec`` trained at the demo's width with the ``digits`` recipe."""
     from ran_keras.search.prelu import digits_variant
     from ran_keras.train.config import resolve_config
     from ran_keras.train.trainer import train
     narrow = digits_variant(spec, f"{spec.name}_digits")
-    result = train(resolve_config("digits", {"model_dir": str(model_dir), "epochs": epochs}), narrow, log=say)
+    cfg = resolve_config("digits", {"model_dir": str(model_dir), "epochs": epochs, "seed": seed})
+    result = train(cfg, narrow, log=say)
     return result.final.get("eval_accuracy")
+
+
+def digits_accuracies(specs, folder: Path, epochs: int, say) -> Dict[str, Optional[float]]:
+    """{name: held-out digits accuracy}; specs that differ only in name and description train once."""
+    done: Dict[str, Optional[float]] = {}
+    out = {}
+    for spec in specs:
+        key = json.dumps(dict(spec.to_dict(), name="", description=""), sort_keys=True)
+        if key not in done:
+            done[key] = train_digits(spec, folder / spec.name, epochs, say)
+        out[spec.name] = done[key]
+    return out
 
 
 def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -106,7 +135,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
         rate = hwcost.pricing_rate(models[t.name], [d for _, d in held] * 100)
         validation[t.name] = {"checks": [c.to_dict() for c in checks], "designs_per_second": rate,
                               "max_abs_error": max(abs(c.error) for c in checks)}
-        say(f"{t.name}: cost model within {100 * validation[t.name]['max_abs_error']:.2f}% of Vela on "
+        say(f"{t.name}: cost model within {100 * validation[t.name]['max_abs_error']:.4f}% of Vela on "
             f"{len(checks)} held-out designs; {rate:,.0f} designs priced per second")
     first = models[targets[0].name]
     weights = hwcost.collapse_weights(first)
@@ -129,7 +158,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
                                 heads=tuple(cfg.activations), progress=say)
         name = (cfg.names or {}).get(tgt.name) or found_name(tgt.name)
         spec = design_spec(supernet, ref.best.design, name=name,
-                           description=f"found by `ran hwsearch --targets {tgt.name}` (issue 15)")
+                           description=f"found by `{command_line(cfg)}` for {tgt.name} (issue 15)")
         fileio.write_text(out / f"{name}.json", json.dumps(spec.to_dict(), indent=1) + "\n")
         say(f"{tgt.name}: best predicted {ref.best.fps:.1f} FPS, {ref.best.macs / 1e6:.0f}M MACs, "
             f"{ref.best.units:,} units; {ref.evaluated:,} designs priced at {ref.rate:,.0f}/s -> {out / name}.json")
@@ -139,14 +168,14 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
                                     "front": front_summary(ref.front),
                                     "confirmed": confirm(comp, supernet, model, tgt, spec, say)}
     if cfg.train_epochs > 0:
-        doc["digits"] = {n: train_digits(s, out / "digits" / n, cfg.train_epochs, say) for n, s in
-                         [("ran_e_gt", get_spec("ran_e_gt"))] + [(s.name, s) for s in found.values()]}
+        doc["digits"] = digits_accuracies([get_spec("ran_e_gt")] + list(found.values()), out / "digits",
+                                          cfg.train_epochs, say)
     doc["seconds"] = time.perf_counter() - t0
     fileio.write_text(out / "hwsearch.json", json.dumps(doc, indent=1) + "\n")
     fileio.write_text(out / "hwsearch.md", format_report(doc))
     say(format_report(doc, markdown=False))
     for tgt in targets:
-        plot_pareto(doc["targets"][tgt.name], tgt.name, out / f"pareto_{tgt.name}.png")
+        plot_pareto(doc["targets"][tgt.name], tgt.name, out / f"pareto_{tgt.name}.png", doc["budgets"])
     return doc
 
 
@@ -198,9 +227,9 @@ def confirm(comp, supernet, model, tgt, spec, say) -> Dict[str, Any]:
     return rows
 
 
-def plot_pareto(entry: Dict[str, Any], target: str, path: Path) -> Path:
+def plot_pareto(entry: Dict[str, Any], target: str, path: Path, budgets: Optional[Dict[str, float]] = None) -> Path:
     """FPS against non-linear units and against MACs: refinement designs (predicted), the references and
-    the found design (Vela)."""
+    the found design (Vela), the budgets as dashed lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -215,6 +244,9 @@ def plot_pareto(entry: Dict[str, Any], target: str, path: Path) -> Path:
                        color="C3" if found else "C0", zorder=3)
             ax.annotate(name.replace("ran_e_", ""), (row[key], row["fps"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
+        limit = (budgets or {}).get("min_units" if key == "nonlinear_units" else "max_macs")
+        if limit:
+            ax.axvline(limit, color="C2", ls="--", lw=1, label="budget")
         ax.set_xlabel(label)
         ax.set_ylabel(f"FPS on {target} (Vela 5.2)")
         ax.grid(alpha=0.3)
