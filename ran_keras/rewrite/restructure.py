@@ -76,7 +76,7 @@ def _head(model) -> Dict[str, Any]:
     return {"classes": top[0].units, "classifier_activation": None if act == "linear" else act}
 
 
-def _rebuild(model, spec: NetworkSpec, new_spec: NetworkSpec, weights: Dict[str, List[np.ndarray]]):
+def _rebuild(model, new_spec: NetworkSpec, weights: Dict[str, List[np.ndarray]]):
     """``new_spec`` built like ``model``, with ``weights`` by layer name and the rest copied from ``model``."""
     from ran_keras.builder import build_model
     new = build_model(new_spec, tuple(model.input_shape[1:]), name=model.name, **_head(model))
@@ -113,17 +113,16 @@ def _sq_errors(model, prefixes: Sequence[str], calibration) -> Dict[str, np.ndar
     outs = [model.get_layer(f"{p}_{op}").output for p in prefixes for op in ("expand", "act")]
     probe = keras.Model(model.input, outs)
     sums: Dict[str, np.ndarray] = {}
-    count = 0
+    counts: Dict[str, int] = {}
     for batch in calibration:
         values = probe(np.asarray(batch, np.float32), training=False)
-        count += int(np.prod(values[0].shape[:-1]))
         for i, p in enumerate(prefixes):
             z, a = (np.asarray(v, np.float64) for v in values[2 * i:2 * i + 2])
-            d = ((a - z) ** 2).reshape(-1, z.shape[-1]).sum(axis=0)
-            sums[p] = sums.get(p, 0) + d
-    if not count:
+            sums[p] = sums.get(p, 0) + ((a - z) ** 2).reshape(-1, z.shape[-1]).sum(axis=0)
+            counts[p] = counts.get(p, 0) + int(np.prod(z.shape[:-1]))
+    if not counts:
         raise FoldError("criterion 'linearity' needs calibration batches; got none")
-    return {p: s / count for p, s in sums.items()}
+    return {p: s / counts[p] for p, s in sums.items()}
 
 
 def linearise(model, spec: NetworkSpec, fraction: float = 0.4, criterion: str = "last", *, psi: str = "linear",
@@ -154,7 +153,7 @@ def linearise(model, spec: NetworkSpec, fraction: float = 0.4, criterion: str = 
         weights.update({f"{p}_expand": [u1, ub], f"{p}_project": [u2, b2],
                         f"{p}_lower_expand": [l1, lb], f"{p}_lower_project": [l2]})
         report.blocks.append(BlockChange(p, w1.shape[1], len(linear), criterion, linear.tolist()))
-    new_model = _rebuild(model, spec, new_spec, weights)
+    new_model = _rebuild(model, new_spec, weights)
     _costs(report, spec, new_spec, model)
     return new_model, new_spec, report
 
@@ -179,7 +178,7 @@ def fold_codesign(model, spec: NetworkSpec, *, sample=None) -> Tuple[Any, Networ
         weights[f"{p}_lower"] = list(codesign.fold_lower(_kernel(expand), expand.get_weights()[1], project))
         upper, linear = codesign_split(site.block, site.in_channels)
         report.blocks.append(BlockChange(p, upper + linear, linear, "as trained"))
-    new_model = _rebuild(model, spec, new_spec, weights)
+    new_model = _rebuild(model, new_spec, weights)
     _costs(report, spec, new_spec, model)
     if sample is not None:
         report.output_change = output_change(model, new_model, sample)
