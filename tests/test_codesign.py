@@ -178,16 +178,14 @@ def test_psi_study_summary_counts_nan_runs():
 
 
 def test_exp_run_that_overflows_is_recorded_not_crashed(tmp_path):
-    """An absurd learning rate drives e^x to inf: the trainer's NaN stop ends the run with a report."""
+    """An absurd learning rate drives e^x to inf: the trainer's NaN stop ends the run with a report
+    (the study's own runs show bounded_exp finishing where EXP does not: WORKSPACE.md)."""
     from ran_keras.experiments.psi_stability import run_one
     logs = []
     row = run_one("exp", 1e4, 0, tmp_path, logs.append, epochs=1, widths=[8], depths=[1], fraction=0.5,
                   steps_per_epoch=6, batch_size=8)
     assert row["status"] == "nan" and 1 <= row["step"] <= 6 and row["accuracy"] is None
-    assert row["message"].startswith("non-finite")
-    ok = run_one("bounded_exp", 1e-3, 0, tmp_path, logs.append, epochs=1, widths=[8], depths=[1], fraction=0.5,
-                 steps_per_epoch=2, batch_size=8)
-    assert ok["status"] == "ok" and 0 <= ok["accuracy"] <= 1
+    assert row["message"].startswith("non-finite") and not (tmp_path / "exp_lr10000_seed0" / "model.keras").exists()
 
 
 def test_cli_linearise_fold_and_start_from(tmp_path, keras, rng):
