@@ -152,6 +152,11 @@ def test_convnext_linearised_by_data_then_folded_equals_the_masked_block(keras, 
         out = np.asarray(m(x), np.float64)
         assert np.max(np.abs(out - ref)) <= 1e-5 * np.max(np.abs(ref))
     assert "1 of" not in frep.format() and "16 of 39 hidden channels folded" in frep.format()
+    lean, lean_spec, lrep = restructure.fold_codesign(lin, lin_spec, sample=x, absorb_layer_scale=True)
+    assert [b.layer_scale for b in lean_spec.blocks() if b.has("lower")] == [None]
+    assert lrep.params_after == frep.params_after - 13 and lrep.blocks[0].layer_scale_absorbed
+    out = np.asarray(lean(x), np.float64)
+    assert np.max(np.abs(out - ref)) <= 1e-5 * np.max(np.abs(ref))
 
 
 def test_restructure_refuses_wrong_inputs(keras):
