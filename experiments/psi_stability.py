@@ -54,11 +54,18 @@ def _define() -> None:
 
 
 def study_spec(psi: str, widths: Sequence[int], depths: Sequence[int], fraction: float):
-    """The small co-design net of the study (no stochastic depth: nothing random but the seed)."""
-    from ran_keras.models.convnext import convnext_spec
+    """The small co-design net of the study: ConvNeXt-T's blocks at ``widths`` / ``depths`` with 3x3
+    depthwise convs and no stochastic depth (nothing random but the seed)."""
+    import ran_keras
     from ran_keras.spec import to_codesign
-    base = convnext_spec("psi_net", widths, depths, 0.0, kernel=3).replace(input_size=32)
-    return to_codesign(base, fraction, psi, name=f"psi_{psi}")
+    base = ran_keras.get_spec("convnext_tiny")
+    block, down = base.stages[0][-1], base.stages[1][0]
+    stages = tuple((down.replace(channels=w),) * (i > 0) + (block.replace(channels=w, kernel=3, drop_path=0.0),) * d
+                   for i, (w, d) in enumerate(zip(widths, depths)))
+    small = base.replace(name="psi_net", stem=(base.stem[0].replace(channels=widths[0]),), stages=stages,
+                         input_size=32, description=f"psi study: ConvNeXt blocks (3x3), widths {list(widths)}, "
+                                                    f"depths {list(depths)}")
+    return to_codesign(small, fraction, psi, name=f"psi_{psi}")
 
 
 def run_one(psi: str, lr: float, seed: int, out_dir: Path, log, *, epochs: int, widths: Sequence[int],

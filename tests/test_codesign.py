@@ -152,6 +152,11 @@ def test_convnext_linearised_by_data_then_folded_equals_the_masked_block(keras, 
         out = np.asarray(m(x), np.float64)
         assert np.max(np.abs(out - ref)) <= 1e-5 * np.max(np.abs(ref))
     assert "1 of" not in frep.format() and "16 of 39 hidden channels folded" in frep.format()
+    lean, lean_spec, lrep = restructure.fold_codesign(lin, lin_spec, sample=x, absorb_layer_scale=True)
+    assert [b.layer_scale for b in lean_spec.blocks() if b.has("lower")] == [None]
+    assert lrep.params_after == frep.params_after - 13 and lrep.blocks[0].layer_scale_absorbed
+    out = np.asarray(lean(x), np.float64)
+    assert np.max(np.abs(out - ref)) <= 1e-5 * np.max(np.abs(ref))
 
 
 def test_restructure_refuses_wrong_inputs(keras):
@@ -178,16 +183,14 @@ def test_psi_study_summary_counts_nan_runs():
 
 
 def test_exp_run_that_overflows_is_recorded_not_crashed(tmp_path):
-    """An absurd learning rate drives e^x to inf: the trainer's NaN stop ends the run with a report."""
+    """An absurd learning rate drives e^x to inf: the trainer's NaN stop ends the run with a report
+    (the study's own runs show bounded_exp finishing where EXP does not: WORKSPACE.md)."""
     from ran_keras.experiments.psi_stability import run_one
     logs = []
     row = run_one("exp", 1e4, 0, tmp_path, logs.append, epochs=1, widths=[8], depths=[1], fraction=0.5,
                   steps_per_epoch=6, batch_size=8)
     assert row["status"] == "nan" and 1 <= row["step"] <= 6 and row["accuracy"] is None
-    assert row["message"].startswith("non-finite")
-    ok = run_one("bounded_exp", 1e-3, 0, tmp_path, logs.append, epochs=1, widths=[8], depths=[1], fraction=0.5,
-                 steps_per_epoch=2, batch_size=8)
-    assert ok["status"] == "ok" and 0 <= ok["accuracy"] <= 1
+    assert row["message"].startswith("non-finite") and not (tmp_path / "exp_lr10000_seed0" / "model.keras").exists()
 
 
 def test_cli_linearise_fold_and_start_from(tmp_path, keras, rng):

@@ -22,7 +22,7 @@ import numpy as np
 from ran_keras.blocks.convnext import codesign_split
 from ran_keras.report import fmt_count
 from ran_keras.rewrite import codesign
-from ran_keras.rewrite.linear import FoldError
+from ran_keras.rewrite.linear import FoldError, fold_scale_shift
 from ran_keras.spec import NetworkSpec, map_blocks, to_codesign
 
 
@@ -33,6 +33,7 @@ class BlockChange:
     linear_count: int                  # of which linear (the lower branch)
     criterion: str                     # how they were chosen ('last', 'linearity'; folds: 'as trained')
     linear: Optional[List[int]] = None  # linearise: their indices in the original block
+    layer_scale_absorbed: bool = False  # fold: the layer scale went into both branches' last convs
 
 
 @dataclass
@@ -54,6 +55,7 @@ class RestructureReport:
         lines = [f"{self.action} {self.model}: {len(self.blocks)} blocks"]
         for b in self.blocks[:6]:
             what = "folded into one C -> C 1x1" if self.action == "fold" else f"linear ({b.criterion})"
+            what += "; layer scale absorbed" if b.layer_scale_absorbed else ""
             lines.append(f"  {b.block}: {b.linear_count} of {b.hidden} hidden channels {what}")
         if len(self.blocks) > 6:
             lines.append(f"  ... {len(self.blocks) - 6} more")
@@ -76,7 +78,7 @@ def _head(model) -> Dict[str, Any]:
     return {"classes": top[0].units, "classifier_activation": None if act == "linear" else act}
 
 
-def _rebuild(model, spec: NetworkSpec, new_spec: NetworkSpec, weights: Dict[str, List[np.ndarray]]):
+def _rebuild(model, new_spec: NetworkSpec, weights: Dict[str, List[np.ndarray]]):
     """``new_spec`` built like ``model``, with ``weights`` by layer name and the rest copied from ``model``."""
     from ran_keras.builder import build_model
     new = build_model(new_spec, tuple(model.input_shape[1:]), name=model.name, **_head(model))
@@ -113,17 +115,16 @@ def _sq_errors(model, prefixes: Sequence[str], calibration) -> Dict[str, np.ndar
     outs = [model.get_layer(f"{p}_{op}").output for p in prefixes for op in ("expand", "act")]
     probe = keras.Model(model.input, outs)
     sums: Dict[str, np.ndarray] = {}
-    count = 0
+    counts: Dict[str, int] = {}
     for batch in calibration:
         values = probe(np.asarray(batch, np.float32), training=False)
-        count += int(np.prod(values[0].shape[:-1]))
         for i, p in enumerate(prefixes):
             z, a = (np.asarray(v, np.float64) for v in values[2 * i:2 * i + 2])
-            d = ((a - z) ** 2).reshape(-1, z.shape[-1]).sum(axis=0)
-            sums[p] = sums.get(p, 0) + d
-    if not count:
+            sums[p] = sums.get(p, 0) + ((a - z) ** 2).reshape(-1, z.shape[-1]).sum(axis=0)
+            counts[p] = counts.get(p, 0) + int(np.prod(z.shape[:-1]))
+    if not counts:
         raise FoldError("criterion 'linearity' needs calibration batches; got none")
-    return {p: s / count for p, s in sums.items()}
+    return {p: s / counts[p] for p, s in sums.items()}
 
 
 def linearise(model, spec: NetworkSpec, fraction: float = 0.4, criterion: str = "last", *, psi: str = "linear",
@@ -154,36 +155,67 @@ def linearise(model, spec: NetworkSpec, fraction: float = 0.4, criterion: str = 
         weights.update({f"{p}_expand": [u1, ub], f"{p}_project": [u2, b2],
                         f"{p}_lower_expand": [l1, lb], f"{p}_lower_project": [l2]})
         report.blocks.append(BlockChange(p, w1.shape[1], len(linear), criterion, linear.tolist()))
-    new_model = _rebuild(model, spec, new_spec, weights)
+    new_model = _rebuild(model, new_spec, weights)
     _costs(report, spec, new_spec, model)
     return new_model, new_spec, report
 
 
-def fold_codesign(model, spec: NetworkSpec, *, sample=None) -> Tuple[Any, NetworkSpec, RestructureReport]:
+def fold_codesign(model, spec: NetworkSpec, *, sample=None,
+                  absorb_layer_scale: bool = False) -> Tuple[Any, NetworkSpec, RestructureReport]:
     """Fold every 'expanded' co-design block of ``model`` (built from ``spec``) into the 'folded' form:
-    the lower branch C -> n -> C becomes one C -> C 1x1 conv, exactly. ``sample``: an input batch to
-    measure the output change on. Returns ``(new_model, new_spec, report)``."""
+    the lower branch C -> n -> C becomes one C -> C 1x1 conv, exactly. ``absorb_layer_scale``: in
+    blocks with psi none, also fold the layer scale into both branches' last convs (exact,
+    gamma (a + b) = gamma a + gamma b; it spares Ethos-U one full-size MUL per block, which the TFLite
+    converter cannot fold after the branches' ADD). ``sample``: an input batch to measure the output
+    change on. Returns ``(new_model, new_spec, report)``."""
     _check_model(model, spec)
-    picked = {s.path for s in spec.sites if s.block.kind == "convnext_codesign" and s.block.lower == "expanded"}
-    if not picked:
-        raise FoldError(f"{spec.name} has no 'convnext_codesign' blocks with lower 'expanded' to fold")
-    new_spec = map_blocks(spec, lambda s: s.block.replace(lower="folded") if s.path in picked else s.block)
+    plan = {}
+    for s in spec.sites:
+        if s.block.kind == "convnext_codesign":
+            absorb = absorb_layer_scale and s.block.psi == "linear" and s.block.layer_scale is not None
+            if s.block.lower == "expanded" or absorb:
+                plan[s.path] = absorb
+    if not plan:
+        raise FoldError(f"{spec.name} has no 'convnext_codesign' blocks with lower 'expanded' to fold"
+                        + (" nor with psi none and a layer scale" if absorb_layer_scale else ""))
+
+    def change(s):
+        if s.path not in plan:
+            return s.block
+        return s.block.replace(lower="folded", **({"layer_scale": None} if plan[s.path] else {}))
+
+    new_spec = map_blocks(spec, change)
     report = RestructureReport(model.name, "fold")
     weights: Dict[str, List[np.ndarray]] = {}
     for site in spec.sites:
-        if site.path not in picked:
-            continue
-        p = f"{model.name}_{site.prefix}"
-        expand = model.get_layer(f"{p}_lower_expand")
-        project = _kernel(model.get_layer(f"{p}_lower_project"))
-        weights[f"{p}_lower"] = list(codesign.fold_lower(_kernel(expand), expand.get_weights()[1], project))
-        upper, linear = codesign_split(site.block, site.in_channels)
-        report.blocks.append(BlockChange(p, upper + linear, linear, "as trained"))
-    new_model = _rebuild(model, spec, new_spec, weights)
+        if site.path in plan:
+            p = f"{model.name}_{site.prefix}"
+            weights.update(_folded_weights(model, p, site.block.lower, plan[site.path]))
+            upper, linear = codesign_split(site.block, site.in_channels)
+            report.blocks.append(BlockChange(p, upper + linear, linear, "as trained",
+                                             layer_scale_absorbed=plan[site.path]))
+    new_model = _rebuild(model, new_spec, weights)
     _costs(report, spec, new_spec, model)
     if sample is not None:
         report.output_change = output_change(model, new_model, sample)
     return new_model, new_spec, report
+
+
+def _folded_weights(model, p: str, lower: str, absorb: bool) -> Dict[str, List[np.ndarray]]:
+    """The 'folded' lower conv of block ``p`` and, when ``absorb``, both last convs times the layer scale."""
+    if lower == "expanded":
+        expand = model.get_layer(f"{p}_lower_expand")
+        project = _kernel(model.get_layer(f"{p}_lower_project"))
+        w, b = codesign.fold_lower(_kernel(expand), expand.get_weights()[1], project)
+    else:
+        w, b = (np.asarray(a, np.float64) for a in model.get_layer(f"{p}_lower").get_weights())
+    out = {f"{p}_lower": [w, b]}
+    if absorb:
+        gamma = model.get_layer(f"{p}_layer_scale").get_weights()[0]
+        pw, pb = model.get_layer(f"{p}_project").get_weights()
+        out = {f"{p}_lower": list(fold_scale_shift(w, b, gamma, 0.0)),
+               f"{p}_project": list(fold_scale_shift(pw, pb, gamma, 0.0))}
+    return out
 
 
 def output_change(model, new_model, sample) -> Dict[str, float]:
