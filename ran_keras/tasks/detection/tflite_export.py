@@ -72,9 +72,16 @@ def export_whole(detector, out_dir, size: int) -> Dict[str, Any]:
         got = runner(image=image) if runner is not None else _run_plain(interp, image)
     except Exception as err:  # noqa: BLE001
         return {"converted": True, "path": str(path), "runs": False, "error": str(err).strip()[:500]}
-    return {"converted": True, "path": str(path), "runs": True, "size_bytes": len(data),
-            "keras_detections": int(want["num_detections"][0]), "tflite_outputs": sorted(got) if isinstance(got, dict)
-            else len(got)}
+    if not isinstance(got, dict):
+        got = dict(zip(sorted(want), got))
+    n = int(want["num_detections"][0])
+    same_count = int(np.asarray(got["num_detections"]).reshape(-1)[0]) == n
+    report = {"converted": True, "path": str(path), "runs": True, "size_bytes": len(data), "keras_detections": n,
+              "same_detection_count": same_count}
+    if same_count:
+        report["max_box_diff_px"] = float(np.abs(np.asarray(got["boxes"])[0, :n] - want["boxes"][0, :n]).max(initial=0))
+        report["max_score_diff"] = float(np.abs(np.asarray(got["scores"])[0, :n] - want["scores"][0, :n]).max(initial=0))
+    return report
 
 
 def _flat(det: Dict[str, Any]) -> Dict[str, Any]:
