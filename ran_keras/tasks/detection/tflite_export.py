@@ -18,7 +18,8 @@ import numpy as np
 from ran_keras import fileio
 from ran_keras.backend import tf
 from ran_keras.tasks.detection import datasets as ds
-from ran_keras.tasks.detection.model import build_backbone_rpn, backbone_spec
+from ran_keras.tasks.detection.config import backbone_spec
+from ran_keras.tasks.detection.model import build_backbone_rpn
 
 CPU_STAGE = ("proposal selection (top-k, decode, NMS 0.7), RoIAlign 7x7, the RoI head's dense layers, per-class "
              "NMS 0.5: CPU work after the NPU's backbone + RPN")
