@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--runs", type=positive_int, default=5, help="timed runs of each (default 5)")
     q.add_argument("--warmup", type=int, default=1, help="warm-up runs of each (default 1)")
     q.add_argument("-o", "--output", default="out/detect_bench", help="where the .tflite files go")
+    q.add_argument("--reuse", action="store_true", help="time <output>/<detector>_<size>_fp32.tflite files an "
+                                                        "earlier run wrote instead of converting again")
     add_json_arg(q)
     q.set_defaults(func=cmd_bench)
 
@@ -240,6 +242,11 @@ def cmd_bench(args) -> int:
     paths = []
     for ref in (args.detector, args.vs):
         detector, _ = _detector(ref, 0)
+        existing = Path(args.output) / f"{detector.config.name}_{args.image_size}_fp32.tflite"
+        if args.reuse and existing.is_file():
+            paths.append(str(existing))
+            print(f"{ref}: reusing {existing}", file=sys.stderr)
+            continue
         whole = export_whole(detector, Path(args.output), args.image_size)
         if not whole["converted"]:
             raise CliError(f"{ref}: the fp32 TFLite conversion failed: {whole['error']}")

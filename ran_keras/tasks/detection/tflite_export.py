@@ -64,7 +64,7 @@ def export_whole(detector, out_dir, size: int) -> Dict[str, Any]:
         data = bytes(converter.convert())
     except Exception as err:  # noqa: BLE001 - the converter's message is the finding
         return {"converted": False, "error": str(err).strip().splitlines()[-1][:500]}
-    path = fileio.write_bytes(Path(out_dir) / f"detector_{size}_fp32.tflite", data)
+    path = fileio.write_bytes(Path(out_dir) / f"{detector.config.name}_{size}_fp32.tflite", data)
     image = calibration_images(size, 1, seed=1)
     want = {k: v.numpy() for k, v in fn(tf.constant(image)).items()}
     try:
