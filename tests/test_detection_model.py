@@ -96,7 +96,8 @@ def built(tmp_path_factory):
 
 def test_profile_equals_the_built_model(built):
     from ran_keras.analysis.profiler import profile_model
-    from ran_keras.tasks.detection.model import build_backbone_rpn, backbone_spec
+    from ran_keras.tasks.detection.config import backbone_spec
+from ran_keras.tasks.detection.model import build_backbone_rpn
     config, det = built
     prof = profile_detector(config, (96, 64), 20)
     weights = det.backbone_rpn.weights + det.roi_head.weights
@@ -131,7 +132,8 @@ def test_training_pass_and_inference(built):
 
 def test_save_load_and_backbone_weights(built, tmp_path):
     from ran_keras.registry import create_model
-    from ran_keras.tasks.detection.model import backbone_spec, build_detector, load_detector
+    from ran_keras.tasks.detection.config import backbone_spec
+    from ran_keras.tasks.detection.model import build_detector, load_detector
     from ran_keras.errors import RanError
     config, det = built
     det.save_dir(tmp_path / "saved", backbone_spec(config))

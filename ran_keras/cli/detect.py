@@ -57,6 +57,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_predict)
 
 
+    q = dsub.add_parser("bench", help="CPU FPS of two detectors (fp32 TFLite, interleaved runs, random weights)")
+    q.add_argument("detector", help="registered detector or config .json (A)")
+    q.add_argument("--vs", required=True, help="the detector to compare with (B)")
+    q.add_argument("--image-size", type=positive_int, default=800, help="square input, multiple of 32 (default 800)")
+    q.add_argument("--threads", type=positive_int, default=1, help="interpreter threads (default 1)")
+    q.add_argument("--runs", type=positive_int, default=5, help="timed runs of each (default 5)")
+    q.add_argument("--warmup", type=int, default=1, help="warm-up runs of each (default 1)")
+    q.add_argument("-o", "--output", default="out/detect_bench", help="where the .tflite files go")
+    q.add_argument("--reuse", action="store_true", help="time <output>/<detector>_<size>_fp32.tflite files an "
+                                                        "earlier run wrote instead of converting again")
+    add_json_arg(q)
+    q.set_defaults(func=cmd_bench)
+
     q = dsub.add_parser("export", help="backbone + RPN as int8 TFLite (ran vela), whole detector as fp32 TFLite")
     q.add_argument("detector", help="a saved detector folder (MODEL_DIR/detector), or a registered name / config "
                                     ".json (random weights)")
@@ -217,4 +230,37 @@ def cmd_export(args) -> int:
         print(f"whole detector fp32: {whole.get('path') if whole['converted'] else 'not converted: ' + whole['error']}")
     if args.json:
         emit_json(report, args.json)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """fp32 TFLite of each whole detector (one image, builtin ops), then interleaved A/B timing."""
+    from ran_keras.export.bench import ab_bench, machine
+    from ran_keras.tasks.detection.tflite_export import export_whole
+    if args.image_size % 32:
+        raise CliError(f"--image-size: must be a multiple of 32, got {args.image_size}")
+    paths = []
+    for ref in (args.detector, args.vs):
+        detector, _ = _detector(ref, 0)
+        existing = Path(args.output) / f"{detector.config.name}_{args.image_size}_fp32.tflite"
+        if args.reuse and existing.is_file():
+            paths.append(str(existing))
+            print(f"{ref}: reusing {existing}", file=sys.stderr)
+            continue
+        whole = export_whole(detector, Path(args.output), args.image_size)
+        if not whole["converted"]:
+            raise CliError(f"{ref}: the fp32 TFLite conversion failed: {whole['error']}")
+        paths.append(whole["path"])
+        print(f"{ref}: {whole['path']} ({whole['size_bytes'] / 1e6:.1f} MB)", file=sys.stderr)
+    result = ab_bench(paths[0], paths[1], threads=args.threads, runs=args.runs, warmup=args.warmup)
+    a, b = result.a, result.b
+    record = {"a": args.detector, "b": args.vs, "image_size": args.image_size, "threads": args.threads,
+              "runs": args.runs, "fps_a": a.fps, "fps_b": b.fps, "median_ms_a": a.median_ms, "median_ms_b": b.median_ms,
+              "latencies_ms_a": a.latencies_ms, "latencies_ms_b": b.latencies_ms, "ratio": a.fps / b.fps,
+              "machine": machine()}
+    if args.json:
+        emit_json(record, args.json)
+    print(f"{args.detector} vs {args.vs}, fp32 TFLite {args.image_size}x{args.image_size}, {args.threads} thread(s), "
+          f"{args.runs} interleaved runs: {a.fps:.3f} / {b.fps:.3f} FPS = {a.fps / b.fps:.2f}x "
+          f"({a.median_ms:.0f} ms vs {b.median_ms:.0f} ms)")
     return 0

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple, Union
 
-from ran_keras.tasks.detection.anchors import DEFAULT_ASPECT_RATIOS, DEFAULT_SIZES
 from ran_keras.tasks.detection.errors import DetectionError
+
+#: Arm's detector: anchor sizes 32-512 and three aspect ratios on the single stride-32 map (15 anchors)
+DEFAULT_SIZES = (32, 64, 128, 256, 512)
+DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,26 @@ def _need(cfg: DetectorConfig, keys, ok, what: str) -> None:
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
             raise DetectionError(f"DetectorConfig.{key}: must be {what}, got {value!r}")
+
+
+def backbone_spec(config: DetectorConfig, spec=None):
+    """The backbone's NetworkSpec: ``spec`` if given, else the one ``config.backbone`` names at
+    ``config.backbone_width``."""
+    from ran_keras.registry import resolve_spec
+    if spec is not None:
+        return resolve_spec(spec)
+    spec = resolve_spec(config.backbone)
+    if config.backbone_width != 1.0:
+        from ran_keras.spec import scale_width
+        spec = scale_width(spec, config.backbone_width, rounding="round",
+                           name=f"{spec.name}_w{config.backbone_width:g}")
+    return spec
+
+
+def feature_info(config: DetectorConfig, spec):
+    """The FeatureInfo of the stage the detector reads (index, channels, reduction)."""
+    (index,) = spec.check_out_indices((config.backbone_stage,))
+    return spec.feature_info[index]
 
 
 def resize_shape(config: DetectorConfig, height: int, width: int, size_divisible: int = 32) -> Tuple[int, int]:

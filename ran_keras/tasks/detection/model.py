@@ -24,7 +24,7 @@ from ran_keras.backend import keras, tf
 from ran_keras.errors import RanError
 from ran_keras.tasks.detection import postprocess as post
 from ran_keras.tasks.detection.anchors import grid_anchors
-from ran_keras.tasks.detection.config import DetectorConfig
+from ran_keras.tasks.detection.config import DetectorConfig, backbone_spec, feature_info
 from ran_keras.tasks.detection.errors import DetectionError
 from ran_keras.tasks.detection.losses import roi_head_losses, rpn_losses
 from ran_keras.tasks.detection.matching import sample_balanced
@@ -35,26 +35,6 @@ from ran_keras.tasks.detection.targets import roi_training_samples, rpn_targets
 CONFIG_FILE, BACKBONE_FILE, HEAD_FILE, SPEC_FILE = "detector.json", "backbone_rpn.keras", "roi_head.keras", \
     "backbone.spec.json"
 LOSS_TERMS = ("rpn_objectness", "rpn_box", "roi_classifier", "roi_box")
-
-
-def backbone_spec(config: DetectorConfig, spec=None):
-    """The backbone's NetworkSpec: ``spec`` if given, else the one ``config.backbone`` names at
-    ``config.backbone_width``."""
-    from ran_keras.registry import resolve_spec
-    if spec is not None:
-        return resolve_spec(spec)
-    spec = resolve_spec(config.backbone)
-    if config.backbone_width != 1.0:
-        from ran_keras.spec import scale_width
-        spec = scale_width(spec, config.backbone_width, rounding="round",
-                           name=f"{spec.name}_w{config.backbone_width:g}")
-    return spec
-
-
-def feature_info(config: DetectorConfig, spec):
-    """The FeatureInfo of the stage the detector reads (index, channels, reduction)."""
-    (index,) = spec.check_out_indices((config.backbone_stage,))
-    return spec.feature_info[index]
 
 
 def build_backbone_rpn(config: DetectorConfig, spec, input_shape: Sequence[Optional[int]] = (None, None, 3),

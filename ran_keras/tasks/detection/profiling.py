@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 from ran_keras.analysis.profiler import LayerRow, Profile, block_rows
 from ran_keras.ir.costs import dense_params
 from ran_keras.tasks.detection.config import DetectorConfig
-from ran_keras.tasks.detection.model import backbone_spec, feature_info
+from ran_keras.tasks.detection.config import backbone_spec, feature_info
 
 PARTS = ("backbone", "rpn", "roi_head")
 

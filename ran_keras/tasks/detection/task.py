@@ -22,7 +22,8 @@ from ran_keras.tasks.detection import datasets as ds
 from ran_keras.tasks.detection.coco_eval import CocoEvaluator
 from ran_keras.tasks.detection.config import DetectorConfig, resize_shape
 from ran_keras.tasks.detection.errors import DetectionError
-from ran_keras.tasks.detection.model import LOSS_TERMS, backbone_spec, build_detector
+from ran_keras.tasks.detection.config import backbone_spec
+from ran_keras.tasks.detection.model import LOSS_TERMS, build_detector
 from ran_keras.tasks.detection.zoo import resolve_detector
 from ran_keras.train.config import ConfigError, TrainConfig
 

@@ -18,7 +18,8 @@ import numpy as np
 from ran_keras import fileio
 from ran_keras.backend import tf
 from ran_keras.tasks.detection import datasets as ds
-from ran_keras.tasks.detection.model import build_backbone_rpn, backbone_spec
+from ran_keras.tasks.detection.config import backbone_spec
+from ran_keras.tasks.detection.model import build_backbone_rpn
 
 CPU_STAGE = ("proposal selection (top-k, decode, NMS 0.7), RoIAlign 7x7, the RoI head's dense layers, per-class "
              "NMS 0.5: CPU work after the NPU's backbone + RPN")
@@ -63,7 +64,7 @@ def export_whole(detector, out_dir, size: int) -> Dict[str, Any]:
         data = bytes(converter.convert())
     except Exception as err:  # noqa: BLE001 - the converter's message is the finding
         return {"converted": False, "error": str(err).strip().splitlines()[-1][:500]}
-    path = fileio.write_bytes(Path(out_dir) / f"detector_{size}_fp32.tflite", data)
+    path = fileio.write_bytes(Path(out_dir) / f"{detector.config.name}_{size}_fp32.tflite", data)
     image = calibration_images(size, 1, seed=1)
     want = {k: v.numpy() for k, v in fn(tf.constant(image)).items()}
     try:
@@ -72,9 +73,16 @@ def export_whole(detector, out_dir, size: int) -> Dict[str, Any]:
         got = runner(image=image) if runner is not None else _run_plain(interp, image)
     except Exception as err:  # noqa: BLE001
         return {"converted": True, "path": str(path), "runs": False, "error": str(err).strip()[:500]}
-    return {"converted": True, "path": str(path), "runs": True, "size_bytes": len(data),
-            "keras_detections": int(want["num_detections"][0]), "tflite_outputs": sorted(got) if isinstance(got, dict)
-            else len(got)}
+    if not isinstance(got, dict):
+        got = dict(zip(sorted(want), got))
+    n = int(want["num_detections"][0])
+    same_count = int(np.asarray(got["num_detections"]).reshape(-1)[0]) == n
+    report = {"converted": True, "path": str(path), "runs": True, "size_bytes": len(data), "keras_detections": n,
+              "same_detection_count": same_count}
+    if same_count:
+        report["max_box_diff_px"] = float(np.abs(np.asarray(got["boxes"])[0, :n] - want["boxes"][0, :n]).max(initial=0))
+        report["max_score_diff"] = float(np.abs(np.asarray(got["scores"])[0, :n] - want["scores"][0, :n]).max(initial=0))
+    return report
 
 
 def _flat(det: Dict[str, Any]) -> Dict[str, Any]:
