@@ -1,6 +1,6 @@
 """Contracts every registered model, block kind and custom layer keeps (driven by the registries):
 feature outputs, gradients to every trainable variable, profile == built model per kind, config
-round trips, and an all-integer int8 export."""
+round trips (the all-integer int8 export of every model: test_zoo_int8.py)."""
 
 import json
 import math
@@ -140,16 +140,3 @@ def test_custom_object_config_round_trips_through_keras_serialization(key):
     assert config["registered_name"] == key
     again = keras.saving.deserialize_keras_object(json.loads(json.dumps(config)))
     assert type(again) is cls and again.get_config() == obj.get_config()
-
-
-# --- int8 export ----------------------------------------------------------------------------------------
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_int8_export_has_no_float_tensor(name, tmp_path):
-    from ran_keras.export.pipeline import export_model
-    spec = ran_keras.get_spec(name)
-    size = _size(spec)
-    report = export_model(name, tmp_path / f"{name}.tflite", input_size=size, classes=10, calibration="random",
-                          samples=2, compare=False)
-    assert report.info.float_tensors == [] and report.info.inputs[0].dtype == "INT8"
