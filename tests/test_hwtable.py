@@ -236,3 +236,34 @@ def test_fail_on_cpu_ops_with_a_real_cpu_operator(family, tmp_path, capsys):
 def test_cli_hwtable_errors(argv, message, capsys, tmp_path):
     assert main(argv + ["--output-dir", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+#: a spec whose input std overflows float32 when the calibration images are normalised
+OVERFLOW_SPEC = dict(LAYERNORM_SPEC, name="tiny_overflow", activation="relu", input_std=[1e-38],
+                     stem=[{"kind": "conv", "channels": 8, "kernel": 3, "stride": 2}],
+                     stages=[[{"kind": "ibn", "channels": 8, "expansion": 2}]])
+
+
+def test_a_failed_model_is_marked_the_others_finish_and_no_old_table_stays(family, tmp_path, capsys):
+    import shutil
+    spec = tmp_path / "overflow.json"
+    spec.write_text(json.dumps(OVERFLOW_SPEC))
+    out = tmp_path / "out"
+    shutil.copytree(family[0] / "tflite", out / "tflite")  # the reference comes from the cache
+    (out / "hwtable.md").write_text("# an older run's table\n")
+    (out / "hwtable.png").write_bytes(b"old")
+    argv = ["hwtable", "--models", str(spec), "--targets", "u55-128", "--input-size", "64", "--samples", "2",
+            "--no-compare", "--jobs", "1", "--output-dir", str(out)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "ran hwtable: error: 1 of 2 measurements failed" in captured.err
+    assert "tiny_overflow: export failed: input mean [127.5] / std [1e-38] turn the calibration images into inf" \
+        in captured.err
+    doc = json.loads((out / "hwtable.json").read_text())
+    assert doc["complete"] is False and [f["model"] for f in doc["failures"]] == ["tiny_overflow"]
+    ref, bad = doc["models"]
+    assert ref["targets"]["u55-128"]["inferences_per_second"] > 0  # the other model was measured
+    assert bad["error"].startswith("export failed") and "error" in bad["targets"]["u55-128"]
+    assert "older run" not in (out / "hwtable.md").read_text() and "FAILED: tiny_overflow" in captured.out
+    assert (out / "hwtable.png").read_bytes() != b"old"
+    assert "tiny_overflow" in (out / "hwtable.csv").read_text().splitlines()[2]

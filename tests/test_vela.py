@@ -93,7 +93,14 @@ def test_user_combinations():
     t = vela.resolve_target({"accelerator": "ethos-u65-512", "system_config": "Ethos_U65_High_End",
                              "memory_mode": "Shared_Sram"})
     assert t.config == str(vela.our_config()) and t.peak_macs_per_cycle == 512
-    assert vela.resolve_target("u55-128", arena_cache_size=262144).arena_cache_size == 262144
+    assert vela.resolve_target("u65-256", arena_cache_size=262144).arena_cache_size == 262144
+
+
+def test_arena_cache_size_only_where_vela_applies_it():
+    """Vela caps only a separate SRAM cache (Dedicated_Sram); on Shared_Sram it would ignore the cap."""
+    with pytest.raises(VelaConfigError, match="u55-128 uses Shared_Sram, where Vela ignores the cap"):
+        vela.resolve_target("u55-128", arena_cache_size=262144)
+    assert vela.resolve_target("u85-256", arena_cache_size=1 << 20).arena_cache_size == 1 << 20
 
 
 @pytest.mark.parametrize("target, error, message", [
