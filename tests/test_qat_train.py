@@ -8,7 +8,7 @@ import pytest
 
 from ran_keras.train.config import ConfigError
 
-from test_train_loop import tiny_cfg, tiny_spec
+from test_train_loop import RaiseAt, tiny_cfg, tiny_spec
 
 
 def test_qat_fine_tunes_a_float_run_writes_int8_and_resumes(tmp_path):
@@ -19,9 +19,12 @@ def test_qat_fine_tunes_a_float_run_writes_int8_and_resumes(tmp_path):
     train(tiny_cfg(tmp_path / "float", epochs=1), spec)
     start = load_model(tmp_path / "float" / "model.keras")
     qat_dir = tmp_path / "qat"
-    qcfg = tiny_cfg(qat_dir, epochs=1, qat=True, init_model=str(tmp_path / "float" / "model.keras"))
-    first = train(qcfg, spec)
-    assert first.steps == 3
+    qcfg = tiny_cfg(qat_dir, epochs=2, qat=True, init_model=str(tmp_path / "float" / "model.keras"))
+    with pytest.raises(KeyboardInterrupt):
+        train(qcfg, spec, callbacks=[RaiseAt(4)])   # interrupted after the first epoch's checkpoint
+    assert not (qat_dir / "model_int8.tflite").exists()
+    resumed = train(qcfg, spec)
+    assert (resumed.resumed_from, resumed.steps) == (3, 6)
     info = inspect_tflite((qat_dir / "model_int8.tflite").read_bytes())
     assert info.float_tensors == [] and info.inputs[0].dtype == "INT8" and info.outputs[0].dtype == "INT8"
     assert "LEAKY_RELU" in info.op_counts          # the AFRBs' shared-alpha PReLUs, split per call
@@ -32,8 +35,6 @@ def test_qat_fine_tunes_a_float_run_writes_int8_and_resumes(tmp_path):
     assert not np.allclose(kernel(tuned), kernel(start)) and np.abs(kernel(tuned) - kernel(start)).max() < 0.5
     alpha = lambda m: float(m.get_layer("qtiny_stage1_block1_alpha").alpha.numpy())  # noqa: E731
     assert alpha(tuned) == pytest.approx(alpha(start))   # frozen during QAT
-    resumed = train(tiny_cfg(qat_dir, epochs=2, qat=True, init_model=str(tmp_path / "float" / "model.keras")), spec)
-    assert (resumed.resumed_from, resumed.steps) == (3, 6)
 
 
 @pytest.mark.parametrize("values, message", [
