@@ -141,12 +141,12 @@ def cmd_list(args) -> int:
 
 def _detector(ref: str, seed: int):
     """(detector, saved?) for a saved folder or a registered name / config .json."""
-    from ran_keras.tasks.detection.model import CONFIG_FILE, build_detector, load_detector
+    from ran_keras.tasks.detection.model import BACKBONE_FILE, CONFIG_FILE, build_detector, load_detector
     from ran_keras.tasks.detection.zoo import resolve_detector
     path = Path(ref)
     if path.is_dir():
         return load_detector(path), True
-    if (path.parent / CONFIG_FILE).is_file() and path.name == CONFIG_FILE:
+    if path.name == CONFIG_FILE and (path.parent / BACKBONE_FILE).is_file():
         return load_detector(path.parent), True
     return build_detector(resolve_detector(ref), seed=seed), False
 
