@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# two test processes (CI has 2 cores), whole files per process so module fixtures are built once
+PYTEST_JOBS ?= 2
 PYTEST_ARGS ?=
 DEMO_OUT    ?= out/hwtable
 DEMO_ARGS   ?=
@@ -44,7 +46,7 @@ detect-demo: $(STAMP)
 	$(BIN)/ran detect predict $(DETECT_OUT)/detector deepforest:OSBS_029 -o $(DETECT_OUT)/predict --min-score 0.3
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -91,6 +91,11 @@ def _hard_swish(name):
     return HardSwish(name=name)
 
 
+def _bounded_exp(name):
+    from ran_keras.layers import BoundedExp
+    return BoundedExp(name=name)
+
+
 def _prelu(name):
     from ran_keras.backend import keras
     return keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25), shared_axes=[1, 2], name=name)
@@ -106,6 +111,9 @@ register(Activation("gelu", _keras_activation("gelu"), keras_names=("gelu",),
                     doc="x * Phi(x) (exact, erf form); GELU in TFLite, a lookup table on Ethos-U (Vela 5.2)"))
 register(Activation("exp", _keras_activation("exponential"), ("exponential",), keras_names=("exponential",),
                     doc="e^x; EXP in TFLite, a lookup table on Ethos-U; unbounded, so it can overflow"))
+register(Activation("bounded_exp", _bounded_exp, ("bexp",),
+                    doc="exp(4 tanh(x / 4)): e^x near 0, but always in [e^-4, e^4], so it cannot overflow "
+                        "(the co-design's stable psi; layers.BoundedExp); TANH and EXP in TFLite"))
 register(Activation("prelu", _prelu, params_per_channel=1, doc="per-channel PReLU, slopes initialised to 0.25"))
 register(Activation("linear", _keras_activation("linear"), ("identity", "none"), nonlinear=False,
                     keras_names=("linear",), doc="no activation (no op in the IR)"))

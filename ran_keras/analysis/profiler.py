@@ -172,7 +172,7 @@ def profile_model(model, name: Optional[str] = None) -> Profile:
     out_shape = model.output_shape
     classes = out_shape[-1] if isinstance(out_shape, tuple) and len(out_shape) == 2 else None
     prof = Profile(name or model.name, shape_in, classes, "keras")
-    nonlinear_layers = (kl.ReLU, kl.PReLU, kl.LeakyReLU, kl.ELU, ran_layers.HardSwish,
+    nonlinear_layers = (kl.ReLU, kl.PReLU, kl.LeakyReLU, kl.ELU, ran_layers.HardSwish, ran_layers.BoundedExp,
                         ran_layers.SharedAlphaPReLU)
     network_nodes = getattr(model, "_network_nodes", None)
 

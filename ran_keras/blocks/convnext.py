@@ -1,4 +1,5 @@
-"""ConvNeXt block kinds (Liu et al. 2022): the residual block and the downsampling layer.
+"""ConvNeXt block kinds (Liu et al. 2022): the residual block, the co-design block (RAN paper
+Sec. 4, Fig. 8) and the downsampling layer.
 
 Imported by ``ran_keras.blocks``, so specs, the profiler and the builder
 know them like any other kind. The stem (4x4 stride-4 conv with bias, unpadded, then LayerNorm) is
@@ -9,9 +10,10 @@ sizes that are not multiples of 32 they drop the last rows and columns instead o
 
 from __future__ import annotations
 
-from ran_keras import ir
-from ran_keras.blocks.base import (ACTIVATION, CHANNELS, EXPANSION, PADDING, BlockKind, Field, block_activation,
-                                   block_padding, hidden_channels, positive, register_kind, stride_check)
+from ran_keras import activations, ir
+from ran_keras.blocks.base import (ACTIVATION, CHANNELS, EXPANSION, PADDING, BlockKind, Field, activation_check,
+                                   block_activation, block_padding, hidden_channels, positive, register_kind,
+                                   stride_check)
 from ran_keras.errors import SpecError
 
 
@@ -48,14 +50,83 @@ class ConvNeXtBlock(BlockKind):
 
     def expand(self, b, cin, net):
         hidden = hidden_channels(b.expansion, cin, b.channels, pair=False)
-        ops = [ir.DepthwiseConv("dw", b.kernel, 1, bias=True, padding=net.padding), ir.LayerNorm("ln"),
-               ir.Conv("expand", hidden, 1, bias=True), *ir.act_ops("act", block_activation(b, net)),
-               ir.Conv("project", b.channels, 1, bias=True)]
+        mlp = (ir.Conv("expand", hidden, 1, bias=True), *ir.act_ops("act", block_activation(b, net)),
+               ir.Conv("project", b.channels, 1, bias=True))
+        return self._graph(b, net, mlp)
+
+    @staticmethod
+    def _graph(b, net, mlp):
+        """depthwise -> LayerNorm -> ``mlp`` -> layer scale -> stochastic depth, plus the identity."""
+        ops = [ir.DepthwiseConv("dw", b.kernel, 1, bias=True, padding=net.padding), ir.LayerNorm("ln"), *mlp]
         if b.layer_scale is not None:
             ops.append(ir.LayerScale("layer_scale", b.layer_scale))
         if b.drop_path > 0:
             ops.append(ir.DropPath("drop_path", b.drop_path))
         return ir.BlockGraph(tuple(ops), ())
+
+
+def _fraction_check(value):
+    return None if 0 < value < 1 else "must be in (0, 1)"
+
+
+def _lower_check(value):
+    return None if value in LOWER_FORMS else f"must be one of {', '.join(map(repr, LOWER_FORMS))}"
+
+
+#: the co-design block's lower branch: one w -> w 1x1 ('folded', Fig. 8b right) or the linearised
+#: hidden channels kept apart, w -> n_lin -> w ('expanded': trainable like the masked block; folds exactly)
+LOWER_FORMS = ("folded", "expanded")
+
+
+def codesign_split(b, cin: int):
+    """(GELU channels, linearised channels) of a co-design block's ``expansion * C`` hidden channels."""
+    hidden = hidden_channels(b.expansion, cin, b.channels, pair=False)
+    linear = int(round(b.linear_fraction * hidden))
+    return hidden - linear, linear
+
+
+@register_kind
+class ConvNeXtCodesign(ConvNeXtBlock):
+    name = "convnext_codesign"
+    doc = ("ConvNeXt co-design block (RAN Sec. 4, Fig. 8): a ConvNeXt block whose hidden channels lose their "
+           "activation on a fraction linear_fraction, split into two added branches: upper 1x1 -> act -> 1x1 "
+           "on the rest, lower (the linear channels) one C -> C 1x1 ('folded') or 1x1 -> 1x1 through them "
+           "('expanded'), then psi")
+    fields = dict(ConvNeXtBlock.fields,
+                  linear_fraction=Field((int, float), 0.4, _fraction_check,
+                                        "fraction of the expansion * C hidden channels without activation "
+                                        "(rounded to whole channels)"),
+                  psi=Field((str,), "linear", activation_check,
+                            "activation after the lower branch: 'none' (Model A), 'gelu' (B), 'exp' (C), "
+                            "'bounded_exp' (stable), or any registered activation"),
+                  lower=Field((str,), "folded", _lower_check,
+                              "lower branch form: 'folded' (one C -> C 1x1) or 'expanded' (C -> linear "
+                              "channels -> C, no bias on the second conv)"))
+
+    def finalize(self, values, path):
+        values = super().finalize(values, path)
+        values["linear_fraction"] = float(values["linear_fraction"])
+        values["psi"] = activations.canonical(values["psi"], f"{path}.psi")
+        return values
+
+    def check_input(self, b, cin, path):
+        super().check_input(b, cin, path)
+        upper, linear = codesign_split(b, cin)
+        if not upper or not linear:
+            raise SpecError(path, f"linear_fraction {b.linear_fraction} of {upper + linear} hidden channels "
+                                  f"leaves {upper} with activation and {linear} linear; both need at least one")
+
+    def expand(self, b, cin, net):
+        upper, linear = codesign_split(b, cin)
+        top = (ir.Conv("expand", upper, 1, bias=True), *ir.act_ops("act", block_activation(b, net)),
+               ir.Conv("project", b.channels, 1, bias=True))
+        if b.lower == "folded":
+            bottom = (ir.Conv("lower", b.channels, 1, bias=True),)
+        else:
+            bottom = (ir.Conv("lower_expand", linear, 1, bias=True),
+                      ir.Conv("lower_project", b.channels, 1, bias=False))
+        bottom += ir.act_ops("psi", b.psi)
+        return self._graph(b, net, (ir.Parallel("branches", (top, bottom)),))
 
 
 @register_kind

@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ran_keras.models._registry import PaperFigures, register
-from ran_keras.spec import IMAGENET_MEAN, IMAGENET_STD, BlockSpec, NetworkSpec, scale_width_depth, with_drop_path
+from ran_keras.spec import (IMAGENET_MEAN, IMAGENET_STD, BlockSpec, NetworkSpec, prune_hidden, scale_width_depth,
+                            to_codesign, with_drop_path)
 
 #: family configs: stage widths, stage depths, model-level drop_path (ConvNeXt paper's ImageNet-1K rates)
 CONVNEXT_CONFIGS = {
@@ -111,3 +112,43 @@ def ran_i_small() -> NetworkSpec:
           paper=PaperFigures("52.89M", "8.45B", "Table 7", top1_final=83.61, note="300 epochs"))
 def ran_i_base() -> NetworkSpec:
     return ran_i_spec("ran_i_base")
+
+
+# --- block and activation co-design (paper Sec. 4, Fig. 8, Table 4): ConvNeXt-T variants ------------
+
+_TABLE4 = "Table 4 (100 epochs, ImageNet)"
+
+
+@register("convnext_tiny_pruned40", family="convnext",
+          description="ConvNeXt-T, hidden layers 40% channel-pruned (2.4w)",
+          paper=PaperFigures("18.2M", "2.8B", _TABLE4, top1_100ep=78.9))
+def convnext_tiny_pruned40() -> NetworkSpec:
+    return prune_hidden(_convnext("convnext_tiny"), 0.4, name="convnext_tiny_pruned40")
+
+
+@register("convnext_tiny_pruned27", family="convnext",
+          description="ConvNeXt-T, hidden layers 27.5% channel-pruned (2.9w)",
+          paper=PaperFigures("21.5M", "3.32B", _TABLE4, top1_100ep=79.3))
+def convnext_tiny_pruned27() -> NetworkSpec:
+    return prune_hidden(_convnext("convnext_tiny"), 0.275, name="convnext_tiny_pruned27")
+
+
+@register("convnext_tiny_codesign_a", family="convnext",
+          description="Model A: 40% of GELUs removed, lower branch one w->w 1x1",
+          paper=PaperFigures("21.5M", "3.32B", _TABLE4, top1_100ep=79.3))
+def convnext_tiny_codesign_a() -> NetworkSpec:
+    return to_codesign(_convnext("convnext_tiny"), 0.4, "none", name="convnext_tiny_codesign_a")
+
+
+@register("convnext_tiny_codesign_b", family="convnext",
+          description="Model B: Model A with psi = GELU on the lower branch",
+          paper=PaperFigures("21.5M", "3.32B", _TABLE4, top1_100ep=79.4))
+def convnext_tiny_codesign_b() -> NetworkSpec:
+    return to_codesign(_convnext("convnext_tiny"), 0.4, "gelu", name="convnext_tiny_codesign_b")
+
+
+@register("convnext_tiny_codesign_c", family="convnext",
+          description="Model C: Model A with psi = EXP on the lower branch",
+          paper=PaperFigures("21.5M", "3.32B", _TABLE4, top1_100ep=79.7, note="the paper reports NaN losses with EXP"))
+def convnext_tiny_codesign_c() -> NetworkSpec:
+    return to_codesign(_convnext("convnext_tiny"), 0.4, "exp", name="convnext_tiny_codesign_c")

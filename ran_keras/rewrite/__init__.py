@@ -9,4 +9,7 @@ k x k convolution, and other linear chains are merged where that pays, plus a ``
 * ``ran_keras.rewrite.graph``: reads a Keras model as segments of linear units and plans folds.
 * ``ran_keras.rewrite.rebuild``: builds the new model with transferred weights.
 * ``ran_keras.rewrite.fold``: ``fold``, ``format_report``, ``compare``; ``defaults``: its defaults.
+* ``ran_keras.rewrite.codesign`` (math) and ``restructure`` (Keras): the ConvNeXt co-design block
+  (paper Sec. 4): ``linearise`` a trained ConvNeXt (channel choice 'last' or 'linearity'), then
+  ``fold_codesign`` its lower branch into one C -> C 1x1, exactly.
 """

@@ -204,3 +204,38 @@ def scale_width_depth(base: NetworkSpec, wm: float, dm: float, *, name: Optional
         spec = with_drop_path(spec, rate)
     return spec.replace(name=name or base.name, description=description or (
         f"{base.name} scaled by width multiplier {wm:g} and depth multiplier {dm:g}"))
+
+
+# --- ConvNeXt block co-design (paper Sec. 4) ----------------------------------------------------
+
+def _convnext_blocks(spec: NetworkSpec, what: str) -> None:
+    if not any(b.kind == "convnext" for b in spec.blocks()):
+        raise SpecError("stages", f"{what} needs 'convnext' blocks; {spec.name} has none")
+
+
+def prune_hidden(spec: NetworkSpec, fraction: float, *, name: Optional[str] = None,
+                 description: Optional[str] = None) -> NetworkSpec:
+    """Channel-prune the hidden layer of every 'convnext' block: expansion times ``1 - fraction``."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise SpecError("fraction", f"must be in [0, 1), got {fraction!r}")
+    _convnext_blocks(spec, "prune_hidden")
+
+    def prune(site: Site) -> BlockSpec:
+        b = site.block
+        return b.replace(expansion=round(b.expansion * (1 - fraction), 9)) if b.kind == "convnext" else b
+
+    return map_blocks(spec, prune, name=name or spec.name, **({"description": description} if description else {}))
+
+
+def to_codesign(spec: NetworkSpec, linear_fraction: float = 0.4, psi: str = "linear", *, lower: str = "folded",
+                name: Optional[str] = None, description: Optional[str] = None) -> NetworkSpec:
+    """Every 'convnext' block as a 'convnext_codesign' block (paper Fig. 8b/c): ``linear_fraction`` of
+    its hidden channels linearised into the lower branch, ``psi`` after it, in the ``lower`` form."""
+    _convnext_blocks(spec, "to_codesign")
+    extra = {"linear_fraction": linear_fraction, "psi": psi, "lower": lower}
+
+    def convert(site: Site) -> BlockSpec:
+        b = site.block
+        return b.replace(kind="convnext_codesign", **extra) if b.kind == "convnext" else b
+
+    return map_blocks(spec, convert, name=name or spec.name, **({"description": description} if description else {}))

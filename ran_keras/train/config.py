@@ -15,10 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ran_keras.errors import ConfigError, close_matches
+from ran_keras.fileio import json_text
 
 
 def _f(default: Any, help: str, choices: Optional[Tuple[Any, ...]] = None, group: str = "train"):
@@ -51,6 +53,10 @@ class TrainConfig:
     drop_path_rate: Optional[float] = _f(None, "stochastic depth: linear 0 -> rate over the blocks that have "
                                                "a drop_path field; default: keep the spec's values", group="model")
     seed: int = _f(0, "seed for initialisation, shuffling and augmentation", group="model")
+    qat: bool = _f(False, "quantisation-aware training (tfmot fake quantisation); the run also writes "
+                          "model_int8.tflite (int8, no representative data) beside model.keras", group="model")
+    init_model: Optional[str] = _f(None, "with --qat: float .keras model to fine-tune from (e.g. a finished run's "
+                                         "model.keras); default: the seeded initialisation", group="model")
 
     # --- data --------------------------------------------------------------------------------
     dataset: Optional[str] = _f(None, "'digits' (scikit-learn, offline) or a TFDS name such as imagenet2012",
@@ -152,7 +158,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1) + "\n"
+        return json_text(self.to_dict(), what="the configuration")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -165,6 +171,8 @@ class TrainConfig:
 
 
 FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+#: the settings that say where the data comes from (one at a time)
+DATA_SOURCES = ("dataset", "image_folder")
 
 #: The named presets. Values not listed keep TrainConfig's defaults.
 RECIPES: Dict[str, Dict[str, Any]] = {
@@ -213,11 +221,15 @@ def resolve_config(recipe: Optional[str] = None, overrides: Optional[Mapping[str
     name = check_recipe(recipe)
     if name != "none":
         values.update(RECIPES[name])
-    for key, value in (overrides or {}).items():
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key in given:
         if key not in FIELDS:
             raise ConfigError(f"unknown setting {key!r}{close_matches(key, FIELDS)}")
-        if value is not None:
-            values[key] = value
+    for source in DATA_SOURCES:  # a data source given replaces the recipe's (--recipe=digits --image_folder=X)
+        if source in given:
+            for other in DATA_SOURCES:
+                values.pop(other, None)
+    values.update(given)
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
@@ -260,6 +272,8 @@ def validate(cfg: TrainConfig) -> None:
     need("randaugment_magnitude", lambda v: 0 <= v <= 10, "in [0, 10]")
     need("drop_path_rate", lambda v: 0 <= v < 1, "in [0, 1)")
     need("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    if cfg.strategy == "multi_worker_mirrored":
+        check_tf_config()
     if cfg.strategy == "tpu" and not cfg.tpu:
         raise ConfigError("--strategy=tpu needs --tpu (a TPU name or grpc:// address; 'local' for a TPU VM)")
     if cfg.dataset and cfg.image_folder:
@@ -278,6 +292,32 @@ def lr_step_epochs(cfg: TrainConfig) -> Tuple[int, ...]:
         raise ConfigError(f"--lr_steps: --schedule=step needs increasing positive epochs separated by commas, "
                           f"e.g. 16,22; got {cfg.lr_steps!r}")
     return epochs
+
+
+def check_tf_config() -> None:
+    """A TF_CONFIG that MultiWorkerMirroredStrategy can use (unset: a cluster of this machine alone)."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        addresses = cluster[task["type"]]
+        count = len(addresses)
+        ok = isinstance(task["index"], int) and 0 <= task["index"] < count
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"TF_CONFIG={text!r} is not a cluster description: --strategy=multi_worker_mirrored "
+                          'needs JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
+                          '"worker", "index": 0}} with this process\'s task among the cluster\'s')
+
+
+def require_model_dir(cfg: TrainConfig) -> None:
+    """A run writes everything to --model_dir: one without it is refused (before TensorFlow starts)."""
+    if not cfg.model_dir:
+        raise ConfigError("--model_dir is required (checkpoints, logs and the final model go there; "
+                          "re-running with the same folder resumes)")
 
 
 def model_spec(cfg: TrainConfig):

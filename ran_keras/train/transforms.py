@@ -41,3 +41,25 @@ class ModelTransform:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+def start_from(path) -> ModelTransform:
+    """Start training from the weights of a saved model (``.keras``/``.h5``), copied by layer name:
+    e.g. fine-tuning a linearised ConvNeXt (``ran codesign linearise``). Every layer with weights
+    must be in the saved model with the same shapes. On a resumed run the checkpoint wins."""
+    def apply(model):
+        from ran_keras.builder import load_model
+        from ran_keras.errors import RanError
+        saved = {layer.name: layer for layer in load_model(path).layers}
+        for layer in model.layers:
+            if not layer.weights:
+                continue
+            if layer.name not in saved:
+                raise RanError(f"start_from {path}: the saved model has no layer {layer.name!r}")
+            try:
+                layer.set_weights(saved[layer.name].get_weights())
+            except ValueError as err:
+                raise RanError(f"start_from {path}: layer {layer.name!r} does not match: {err}") from None
+        return model
+
+    return ModelTransform("start_from", apply=apply)
