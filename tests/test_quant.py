@@ -19,7 +19,7 @@ from test_zoo_contracts import KIND_EXAMPLES
 
 #: the TFLite operator each registry activation must become in a QAT int8 export
 ACTIVATION_OPS = {"relu": None, "relu6": None, "hard_swish": "HARD_SWISH", "swish": "LOGISTIC", "gelu": "GELU",
-                  "exp": "EXP", "prelu": "PRELU", "linear": None}
+                  "exp": "EXP", "bounded_exp": "EXP", "prelu": "PRELU", "linear": None}
 
 
 def _calibrate(qat, shape, steps=2):

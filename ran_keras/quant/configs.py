@@ -58,6 +58,7 @@ LAYER_CONFIGS: Dict[str, OutputQuantizeConfig] = {
     "Rsqrt": OutputQuantizeConfig(),                           # -> RSQRT
     "Subtract": OutputQuantizeConfig(),                        # -> SUB (LayerNorm's centring)
     "Multiply": OutputQuantizeConfig(),                        # -> MUL
+    "Rescaling": OutputQuantizeConfig(),                       # -> MUL by a constant (BoundedExp's scalings)
 }
 
 #: Keras activation functions tfmot's default registry refuses in an Activation layer
@@ -67,7 +68,7 @@ ACTIVATION_CONFIGS: Dict[str, OutputQuantizeConfig] = {
 
 #: layers ``quantize`` replaces by one-op layers before tfmot sees them (``ran_keras.quant.split``);
 #: a standalone BatchNormalization is replaced too
-SPLIT_LAYERS = ("SharedAlphaPReLU", "LayerNormalization", "ChannelLayerNorm")
+SPLIT_LAYERS = ("SharedAlphaPReLU", "LayerNormalization", "ChannelLayerNorm", "BoundedExp")
 
 
 def config_for(layer) -> Optional[OutputQuantizeConfig]:

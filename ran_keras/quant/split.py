@@ -14,7 +14,8 @@ over channels (Keras' or ``ChannelLayerNorm``) becomes the ChannelLayerNorm comp
 layers, each of which tfmot fake-quantises: mean and variance as frozen 1x1 convolutions to one
 channel with weights 1/C (epsilon as the variance's bias), Subtract, Multiply, ``Rsqrt``, Multiply,
 and gamma/beta as a trainable 1x1 DepthwiseConv2D of the LayerNorm's name; a (N, C) input is
-reshaped to (N, 1, 1, C) around it. Every other layer is shared with the original model, so
+reshaped to (N, 1, 1, C) around it. A ``BoundedExp`` becomes Rescaling, tanh, Rescaling, exp.
+Every other layer is shared with the original model, so
 nothing is copied.
 """
 
@@ -119,12 +120,28 @@ def layer_norm_chain(layer) -> Callable:
     return call
 
 
+def bounded_exp_chain(layer) -> Callable:
+    """``x -> exp(L * tanh(x / L))`` (a BoundedExp) as Rescaling, tanh, Rescaling, exp layers."""
+    steps = [keras.layers.Rescaling(1.0 / layer.limit, name=f"{layer.name}_in"),
+             keras.layers.Activation("tanh", name=f"{layer.name}_tanh"),
+             keras.layers.Rescaling(layer.limit, name=f"{layer.name}_out"),
+             keras.layers.Activation("exponential", name=layer.name)]
+
+    def call(x, **_):
+        for step in steps:
+            x = step(x)
+        return x
+
+    return call
+
+
 def split_for_tfmot(model):
     """``model`` with every SharedAlphaPReLU call replaced by its own LeakyReLU, every standalone
     BatchNorm by a 1x1 DepthwiseConv2D and every LayerNorm by one-op layers (``model`` itself when
     none occurs)."""
-    from ran_keras.layers import SharedAlphaPReLU
-    if not any(isinstance(layer, SharedAlphaPReLU) or _standalone_bn(layer, node) or _channel_layer_norm(layer)
+    from ran_keras.layers import BoundedExp, SharedAlphaPReLU
+    if not any(isinstance(layer, (SharedAlphaPReLU, BoundedExp)) or _standalone_bn(layer, node)
+               or _channel_layer_norm(layer)
                for layer in model.layers for node in layer._inbound_nodes if node in _nodes(model)):
         return model
 
@@ -135,6 +152,8 @@ def split_for_tfmot(model):
             return bn_as_depthwise(layer)
         if _channel_layer_norm(layer):
             return layer_norm_chain(layer)
+        if isinstance(layer, BoundedExp):
+            return bounded_exp_chain(layer)
         if not isinstance(layer, SharedAlphaPReLU):
             return layer
         alpha = float(layer.alpha.numpy())
