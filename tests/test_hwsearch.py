@@ -258,5 +258,6 @@ def test_found_specs_name_the_command():
     assert command_line(HwSearchConfig()) == "ran hwsearch --targets u65-256,u55-128"
     assert command_line(HwSearchConfig(targets=("u65-256",), activations=("hard_swish",), lam=0.3)) == (
         "ran hwsearch --targets u65-256 --lambda 0.3 --activations hard_swish")
+    assert command_line(HwSearchConfig(plain_penalty=True)).endswith("--plain-penalty")
     spec = registry.get_spec("ran_e_hw_u65")
     assert "`ran hwsearch --targets u65-256,u55-128 --activations hard_swish`" in spec.description

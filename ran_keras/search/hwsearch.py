@@ -39,6 +39,7 @@ class HwSearchConfig:
     lam: float = 0.1                     # the penalty's lambda (digits search)
     band: Sequence[float] = (0.8, 1.3)
     search_epochs: int = 20              # 0: no search, every block may collapse
+    plain_penalty: bool = False          # c_i = 1 (the paper's search), for comparison
     train_epochs: int = 20               # digits training of the found designs and GT; 0: skip
     kernels: Sequence[int] = (3, 5, 7)   # the refinement's kernel and activation choices (tables hold all)
     activations: Sequence[str] = ("relu6", "hard_swish")
@@ -67,6 +68,8 @@ def command_line(cfg: HwSearchConfig) -> str:
         if getattr(cfg, attr) != getattr(default, attr):
             parts.append(f"{flag} {getattr(cfg, attr):g}" if isinstance(getattr(cfg, attr), float)
                          else f"{flag} {getattr(cfg, attr)}")
+    if cfg.plain_penalty:
+        parts.append("--plain-penalty")
     for flag, attr in (("--band", "band"), ("--kernels", "kernels"), ("--activations", "activations")):
         if tuple(getattr(cfg, attr)) != tuple(getattr(default, attr)):
             parts.append(f"{flag} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in getattr(cfg, attr)))
@@ -138,8 +141,9 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
         say(f"{t.name}: cost model within {100 * validation[t.name]['max_abs_error']:.4f}% of Vela on "
             f"{len(checks)} held-out designs; {rate:,.0f} designs priced per second")
     first = models[targets[0].name]
-    weights = hwcost.collapse_weights(first)
-    say("collapse weights c_i on " + targets[0].name + ": " + " ".join(f"{w:.2f}" for w in weights))
+    weights = [1.0] * len(sites(supernet)) if cfg.plain_penalty else hwcost.collapse_weights(first)
+    say(("penalty weights c_i (plain): " if cfg.plain_penalty else f"collapse weights c_i on {targets[0].name}: ")
+        + " ".join(f"{w:.2f}" for w in weights))
     if cfg.search_epochs > 0:
         search = prelu_search(cfg, weights, say)
         collapse = search["collapse"]
