@@ -261,3 +261,9 @@ def test_found_specs_name_the_command():
     assert command_line(HwSearchConfig(plain_penalty=True)).endswith("--plain-penalty")
     spec = registry.get_spec("ran_e_hw_u65")
     assert "`ran hwsearch --targets u65-256,u55-128 --activations hard_swish`" in spec.description
+
+
+def test_design_of_refuses_other_layouts():
+    with pytest.raises(hwspace.SpaceError, match="stage1_block1 is kind .ibn. with 16 channels; a design of "
+                                                 "ran_e_supernet has an ibn or collapsed block with 32"):
+        hwspace.design_of(registry.get_spec("ran_e_supernet"), registry.get_spec("efficientnet_lite_b0"))

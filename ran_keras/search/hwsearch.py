@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ran_keras import fileio
 from ran_keras.search import hwcost, refine as refine_lib
-from ran_keras.search.hwspace import Design, design_of, design_spec, sites
+from ran_keras.search.hwspace import Design, SpaceError, design_of, design_spec, sites
 
 REFERENCES = ("ran_e_supernet_ibn", "ran_e_a", "ran_e_b", "ran_e_c", "ran_e_gt")
 BASELINE = "efficientnet_lite_b0"
@@ -221,7 +221,7 @@ def confirm(comp, supernet, model, tgt, spec, say) -> Dict[str, Any]:
         prof = profile_spec(s, input_size=comp.settings.input_size, classes=comp.settings.classes)
         try:
             predicted = model.fps(design_of(supernet, s))
-        except Exception:  # noqa: BLE001 - a network outside the space (EfficientNet) has no prediction
+        except SpaceError:  # a network outside the space (EfficientNet-Lite-B0) has no prediction
             predicted = None
         rows[name] = {"fps": rep.inferences_per_second, "cycles": rep.cycles_total, "fps_predicted": predicted,
                       "macs": prof.macs, "nonlinear_units": prof.nonlinear_units, "params": prof.params,
