@@ -1,6 +1,7 @@
 """``ran hwsearch``: hardware-aware restructuring of RAN-e with Vela in the loop (issue 15).
 
-1. Cost tables: per target, Vela cycles per SuperNet site and choice (``hwcost``), cached.
+1. Cost tables: per target, Vela cycles per SuperNet site and choice (``hwcost``), cached, and the
+   cost model checked against full Vela compiles of held-out designs (A, B, C, GT, random ones).
 2. Hardware-aware PReLU search on the offline digits (the accuracy signal): the narrow digits SuperNet
    trained with ``lambda * sum c_i (alpha_i - 1)^2``, c_i the normalised cycles saved by collapsing
    block i on the first target; blocks whose alpha ends in the band *may* be collapsed.
@@ -86,12 +87,14 @@ def _budgets(cfg: HwSearchConfig):
     return float(macs), float(units)
 
 
-def prelu_search(cfg: HwSearchConfig, weights: Sequence[float], say) -> Dict[str, Any]:
-    """The hardware-aware PReLU search on digits; the collapse flags and alphas it ends with."""
-    from ran_keras.search.prelu import demo_supernet_spec, run_search
+def prelu_search(cfg: HwSearchConfig, supernet, weights: Sequence[float], say) -> Dict[str, Any]:
+    """The hardware-aware PReLU search on digits (the SuperNet at the demo's width: for ran_e_supernet
+    exactly the demo SuperNet); the collapse flags and alphas it ends with."""
+    from ran_keras.search.prelu import digits_variant, run_search
     from ran_keras.train.config import resolve_config
     tcfg = resolve_config("digits", {"model_dir": str(Path(cfg.output_dir) / "search"), "epochs": cfg.search_epochs})
-    res = run_search(tcfg, demo_supernet_spec(), lam=cfg.lam, band=cfg.band, weights=list(weights), log=say)
+    narrow = digits_variant(supernet, f"{supernet.name}_digits")
+    res = run_search(tcfg, narrow, lam=cfg.lam, band=cfg.band, weights=list(weights), log=say)
     return {"alphas": res.alphas, "collapse": res.collapse, "eval_accuracy": res.eval_accuracy,
             "weights": list(weights), "lambda": cfg.lam, "band": list(cfg.band), "epochs": cfg.search_epochs}
 
@@ -145,7 +148,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
     say(("penalty weights c_i (plain): " if cfg.plain_penalty else f"collapse weights c_i on {targets[0].name}: ")
         + " ".join(f"{w:.2f}" for w in weights))
     if cfg.search_epochs > 0:
-        search = prelu_search(cfg, weights, say)
+        search = prelu_search(cfg, supernet, weights, say)
         collapse = search["collapse"]
     else:
         search, collapse = None, [True] * len(weights)
