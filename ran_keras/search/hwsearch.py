@@ -42,6 +42,7 @@ class HwSearchConfig:
     search_epochs: int = 20              # 0: no search, every block may collapse
     plain_penalty: bool = False          # c_i = 1 (the paper's search), for comparison
     train_epochs: int = 20               # digits training of the found designs and GT; 0: skip
+    seeds: int = 1                       # digits trainings per network (seeds 0..n-1), reported with their mean
     kernels: Sequence[int] = (3, 5, 7)   # the refinement's kernel and activation choices (tables hold all)
     activations: Sequence[str] = ("relu6", "hard_swish")
     validate: int = 8                    # random held-out designs compiled per target (besides A, B, C, GT)
@@ -110,14 +111,18 @@ def train_digits(spec, model_dir: Path, epochs: int, say, seed: int = 0) -> Opti
     return result.final.get("eval_accuracy")
 
 
-def digits_accuracies(specs, folder: Path, epochs: int, say) -> Dict[str, Optional[float]]:
-    """{name: held-out digits accuracy}; specs that differ only in name and description train once."""
-    done: Dict[str, Optional[float]] = {}
+def digits_accuracies(specs, folder: Path, epochs: int, say, seeds: int = 1) -> Dict[str, Any]:
+    """{name: held-out digits accuracy} (seed 0), or with ``seeds`` > 1 {name: {"seeds": [...], "mean": m}};
+    specs that differ only in name and description train once."""
+    done: Dict[str, Any] = {}
     out = {}
     for spec in specs:
         key = json.dumps(dict(spec.to_dict(), name="", description=""), sort_keys=True)
         if key not in done:
-            done[key] = train_digits(spec, folder / spec.name, epochs, say)
+            accs = [train_digits(spec, folder / spec.name / f"seed{s}" if seeds > 1 else folder / spec.name, epochs,
+                                 say, seed=s) for s in range(seeds)]
+            ok = [a for a in accs if a is not None]
+            done[key] = accs[0] if seeds == 1 else {"seeds": accs, "mean": sum(ok) / len(ok) if ok else None}
         out[spec.name] = done[key]
     return out
 
@@ -176,7 +181,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
                                     "confirmed": confirm(comp, supernet, model, tgt, spec, say)}
     if cfg.train_epochs > 0:
         doc["digits"] = digits_accuracies([get_spec("ran_e_gt")] + list(found.values()), out / "digits",
-                                          cfg.train_epochs, say)
+                                          cfg.train_epochs, say, cfg.seeds)
     doc["seconds"] = time.perf_counter() - t0
     fileio.write_text(out / "hwsearch.json", json.dumps(doc, indent=1) + "\n")
     fileio.write_text(out / "hwsearch.md", format_report(doc))
@@ -296,7 +301,9 @@ def format_report(doc: Dict[str, Any], markdown: bool = True) -> str:
                            rows, markdown=markdown))
     digits = doc.get("digits")
     if digits:
-        parts.append(table(["network (digits width, recipe digits)", "held-out accuracy"],
-                           [[n, "-" if a is None else f"{100 * a:.2f}%"] for n, a in digits.items()],
-                           markdown=markdown))
+        def pct(a):
+            return "-" if a is None else f"{100 * a:.2f}%"
+        rows = [[n, pct(a)] if not isinstance(a, dict) else
+                [n, " / ".join(pct(x) for x in a["seeds"]) + f" (mean {pct(a['mean'])})"] for n, a in digits.items()]
+        parts.append(table(["network (digits width, recipe digits)", "held-out accuracy"], rows, markdown=markdown))
     return "\n\n".join(parts) + "\n"
