@@ -22,12 +22,15 @@ SUMMARY = ("Train a registered detector (ran detect list) or a detector config .
 
 
 def main(argv: List[str]) -> int:
+    from ran_keras.train.config import require_model_dir
     cfg = flags_lib.config_from_flags("faster_rcnn", task="detection")
+    require_model_dir(cfg)
     from ran_keras.tasks.detection.task import detector_config
     detector_config(cfg)                # a bad --model fails before TensorFlow starts
     from ran_keras.train import trainer
     result = trainer.train(cfg)
-    flags_lib.emit_json(result.to_dict())
+    if result.chief:                    # the other workers of a cluster write nothing
+        flags_lib.emit_json(result.to_dict())
     return 0
 
 

@@ -97,7 +97,7 @@ def built(tmp_path_factory):
 def test_profile_equals_the_built_model(built):
     from ran_keras.analysis.profiler import profile_model
     from ran_keras.tasks.detection.config import backbone_spec
-from ran_keras.tasks.detection.model import build_backbone_rpn
+    from ran_keras.tasks.detection.model import build_backbone_rpn
     config, det = built
     prof = profile_detector(config, (96, 64), 20)
     weights = det.backbone_rpn.weights + det.roi_head.weights

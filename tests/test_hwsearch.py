@@ -258,5 +258,32 @@ def test_found_specs_name_the_command():
     assert command_line(HwSearchConfig()) == "ran hwsearch --targets u65-256,u55-128"
     assert command_line(HwSearchConfig(targets=("u65-256",), activations=("hard_swish",), lam=0.3)) == (
         "ran hwsearch --targets u65-256 --lambda 0.3 --activations hard_swish")
+    assert command_line(HwSearchConfig(plain_penalty=True)).endswith("--plain-penalty")
     spec = registry.get_spec("ran_e_hw_u65")
     assert "`ran hwsearch --targets u65-256,u55-128 --activations hard_swish`" in spec.description
+
+
+def test_design_of_refuses_other_layouts():
+    with pytest.raises(hwspace.SpaceError, match="stage1_block1 is kind .ibn. with 16 channels; a design of "
+                                                 "ran_e_supernet has an ibn or collapsed block with 32"):
+        hwspace.design_of(registry.get_spec("ran_e_supernet"), registry.get_spec("efficientnet_lite_b0"))
+
+
+def test_digits_accuracies_train_identical_designs_once_and_average_seeds(monkeypatch, tmp_path):
+    from ran_keras.search import hwsearch
+    calls = []
+
+    def fake(spec, folder, epochs, say, seed=0):
+        calls.append((spec.name, seed))
+        return 0.9 + 0.01 * seed
+
+    monkeypatch.setattr(hwsearch, "train_digits", fake)
+    gt, hw = registry.get_spec("ran_e_gt"), registry.get_spec("ran_e_hw_u65")
+    twin = hw.replace(name="twin", description="same design")
+    out = hwsearch.digits_accuracies([gt, hw, twin], tmp_path, 1, print, seeds=3)
+    assert calls == [("ran_e_gt", 0), ("ran_e_gt", 1), ("ran_e_gt", 2), ("ran_e_hw_u65", 0), ("ran_e_hw_u65", 1),
+                     ("ran_e_hw_u65", 2)]
+    assert out["twin"] == out["ran_e_hw_u65"] and out["ran_e_gt"]["mean"] == pytest.approx(0.91)
+    text = hwsearch.format_report({"digits": out})
+    assert "90.00% / 91.00% / 92.00% (mean 91.00%)" in text
+    assert hwsearch.digits_accuracies([gt], tmp_path, 1, print) == {"ran_e_gt": 0.9}

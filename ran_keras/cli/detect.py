@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("detector", help="a saved detector folder (MODEL_DIR/detector)")
     q.add_argument("images", nargs="+", help="image files (png, jpg, bmp, gif); deepforest:STEM names a deepforest "
                                             "sample (e.g. deepforest:OSBS_029), drawn with its ground truth in green")
-    q.add_argument("-o", "--output", required=True, help="output folder: detections.json and <image>.png")
+    q.add_argument("-o", "--output-dir", dest="output_dir", required=True,
+                   help="output folder: detections.json and <image>.png")
     q.add_argument("--min-score", type=float, default=0.5, help="keep detections scoring at least this (default 0.5)")
     q.add_argument("--classes", help="comma-separated class names for labels 1..K in the JSON")
     q.set_defaults(func=cmd_predict)
@@ -64,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--threads", type=positive_int, default=1, help="interpreter threads (default 1)")
     q.add_argument("--runs", type=positive_int, default=5, help="timed runs of each (default 5)")
     q.add_argument("--warmup", type=int, default=1, help="warm-up runs of each (default 1)")
-    q.add_argument("-o", "--output", default="out/detect_bench", help="where the .tflite files go")
+    q.add_argument("-o", "--output-dir", dest="output_dir", default="out/detect_bench",
+                   help="where the .tflite files go")
     q.add_argument("--reuse", action="store_true", help="time <output>/<detector>_<size>_fp32.tflite files an "
                                                         "earlier run wrote instead of converting again")
     add_json_arg(q)
@@ -73,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = dsub.add_parser("export", help="backbone + RPN as int8 TFLite (ran vela), whole detector as fp32 TFLite")
     q.add_argument("detector", help="a saved detector folder (MODEL_DIR/detector), or a registered name / config "
                                     ".json (random weights)")
-    q.add_argument("-o", "--output", required=True, help="output folder")
+    q.add_argument("-o", "--output-dir", dest="output_dir", required=True, help="output folder")
     q.add_argument("--image-size", type=positive_int, default=None,
                    help="square input of the exported graphs (default: the detector's min_size rounded up to 32)")
     q.add_argument("--no-whole", action="store_true", help="skip the fp32 whole-detector attempt")
@@ -141,12 +143,12 @@ def cmd_list(args) -> int:
 
 def _detector(ref: str, seed: int):
     """(detector, saved?) for a saved folder or a registered name / config .json."""
-    from ran_keras.tasks.detection.model import CONFIG_FILE, build_detector, load_detector
+    from ran_keras.tasks.detection.model import BACKBONE_FILE, CONFIG_FILE, build_detector, load_detector
     from ran_keras.tasks.detection.zoo import resolve_detector
     path = Path(ref)
     if path.is_dir():
         return load_detector(path), True
-    if (path.parent / CONFIG_FILE).is_file() and path.name == CONFIG_FILE:
+    if path.name == CONFIG_FILE and (path.parent / BACKBONE_FILE).is_file():
         return load_detector(path.parent), True
     return build_detector(resolve_detector(ref), seed=seed), False
 
@@ -195,7 +197,7 @@ def cmd_predict(args) -> int:
     if not saved:
         raise CliError(f"predict needs a trained detector folder (MODEL_DIR/detector), got {args.detector!r}")
     names = [n.strip() for n in args.classes.split(",")] if args.classes else None
-    out = Path(args.output)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths, truths = _image_paths(args.images)
     records = predict_files(detector, paths, names, args.min_score)
@@ -220,7 +222,7 @@ def cmd_export(args) -> int:
     size = args.image_size or -(-detector.config.min_size // 32) * 32
     if size % 32:
         raise CliError(f"--image-size: must be a multiple of 32 (the backbone's stride), got {size}")
-    out = Path(args.output)
+    out = Path(args.output_dir)
     report = {"detector": args.detector, "trained": saved, "image_size": size,
               "backbone_rpn_int8": export_backbone_rpn(detector, out, size)}
     print(f"backbone + RPN int8: {report['backbone_rpn_int8']['path']} (compile it: ran vela "
@@ -242,12 +244,12 @@ def cmd_bench(args) -> int:
     paths = []
     for ref in (args.detector, args.vs):
         detector, _ = _detector(ref, 0)
-        existing = Path(args.output) / f"{detector.config.name}_{args.image_size}_fp32.tflite"
+        existing = Path(args.output_dir) / f"{detector.config.name}_{args.image_size}_fp32.tflite"
         if args.reuse and existing.is_file():
             paths.append(str(existing))
             print(f"{ref}: reusing {existing}", file=sys.stderr)
             continue
-        whole = export_whole(detector, Path(args.output), args.image_size)
+        whole = export_whole(detector, Path(args.output_dir), args.image_size)
         if not whole["converted"]:
             raise CliError(f"{ref}: the fp32 TFLite conversion failed: {whole['error']}")
         paths.append(whole["path"])

@@ -59,6 +59,8 @@ def register(sub) -> None:
                    help="alphas in [low,high] may collapse (default 0.8,1.3)")
     p.add_argument("--search-epochs", type=nonneg_int, default=20,
                    help="digits PReLU search epochs; 0: no search, every block may collapse")
+    p.add_argument("--plain-penalty", action="store_true",
+                   help="search with every c_i = 1 (the paper's penalty) instead of the measured savings, to compare")
     p.add_argument("--train-epochs", type=nonneg_int, default=20,
                    help="train the found networks and RAN-e-GT on digits at the demo width; 0: skip")
     p.add_argument("--kernels", type=_kernels, default=[3, 5, 7], help="kernel sizes the refinement may use (default 3,5,7)")
@@ -66,6 +68,8 @@ def register(sub) -> None:
                    help="activations the refinement may use (default relu6,hard_swish)")
     p.add_argument("--validate", type=nonneg_int, default=8,
                    help="random held-out designs compiled per target to check the cost model (besides A, B, C, GT)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="digits trainings per network (seeds 0..N-1), reported with their mean (default 1)")
     p.add_argument("--max-macs", type=float, help="MAC budget (default: RAN-e-C's at --input-size)")
     p.add_argument("--min-units", type=float, help="non-linear unit budget (default: RAN-e-GT's)")
     add_json_arg(p)
@@ -84,6 +88,7 @@ def cmd_hwsearch(args) -> int:
     cfg = HwSearchConfig(targets=tuple(targets), supernet=args.supernet, output_dir=args.output_dir,
                          input_size=args.input_size, classes=args.classes, lam=check_lambda(args.lam),
                          band=check_band(args.band), search_epochs=args.search_epochs,
+                         plain_penalty=args.plain_penalty, seeds=args.seeds,
                          train_epochs=args.train_epochs, validate=args.validate, kernels=tuple(args.kernels),
                          activations=tuple(args.activations), max_macs=args.max_macs,
                          min_units=args.min_units)

@@ -1,6 +1,7 @@
 """``ran hwsearch``: hardware-aware restructuring of RAN-e with Vela in the loop (issue 15).
 
-1. Cost tables: per target, Vela cycles per SuperNet site and choice (``hwcost``), cached.
+1. Cost tables: per target, Vela cycles per SuperNet site and choice (``hwcost``), cached, and the
+   cost model checked against full Vela compiles of held-out designs (A, B, C, GT, random ones).
 2. Hardware-aware PReLU search on the offline digits (the accuracy signal): the narrow digits SuperNet
    trained with ``lambda * sum c_i (alpha_i - 1)^2``, c_i the normalised cycles saved by collapsing
    block i on the first target; blocks whose alpha ends in the band *may* be collapsed.
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ran_keras import fileio
 from ran_keras.search import hwcost, refine as refine_lib
-from ran_keras.search.hwspace import Design, design_of, design_spec, sites
+from ran_keras.search.hwspace import Design, SpaceError, design_of, design_spec, sites
 
 REFERENCES = ("ran_e_supernet_ibn", "ran_e_a", "ran_e_b", "ran_e_c", "ran_e_gt")
 BASELINE = "efficientnet_lite_b0"
@@ -39,7 +40,9 @@ class HwSearchConfig:
     lam: float = 0.1                     # the penalty's lambda (digits search)
     band: Sequence[float] = (0.8, 1.3)
     search_epochs: int = 20              # 0: no search, every block may collapse
+    plain_penalty: bool = False          # c_i = 1 (the paper's search), for comparison
     train_epochs: int = 20               # digits training of the found designs and GT; 0: skip
+    seeds: int = 1                       # digits trainings per network (seeds 0..n-1), reported with their mean
     kernels: Sequence[int] = (3, 5, 7)   # the refinement's kernel and activation choices (tables hold all)
     activations: Sequence[str] = ("relu6", "hard_swish")
     validate: int = 8                    # random held-out designs compiled per target (besides A, B, C, GT)
@@ -67,6 +70,8 @@ def command_line(cfg: HwSearchConfig) -> str:
         if getattr(cfg, attr) != getattr(default, attr):
             parts.append(f"{flag} {getattr(cfg, attr):g}" if isinstance(getattr(cfg, attr), float)
                          else f"{flag} {getattr(cfg, attr)}")
+    if cfg.plain_penalty:
+        parts.append("--plain-penalty")
     for flag, attr in (("--band", "band"), ("--kernels", "kernels"), ("--activations", "activations")):
         if tuple(getattr(cfg, attr)) != tuple(getattr(default, attr)):
             parts.append(f"{flag} " + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in getattr(cfg, attr)))
@@ -83,12 +88,14 @@ def _budgets(cfg: HwSearchConfig):
     return float(macs), float(units)
 
 
-def prelu_search(cfg: HwSearchConfig, weights: Sequence[float], say) -> Dict[str, Any]:
-    """The hardware-aware PReLU search on digits; the collapse flags and alphas it ends with."""
-    from ran_keras.search.prelu import demo_supernet_spec, run_search
+def prelu_search(cfg: HwSearchConfig, supernet, weights: Sequence[float], say) -> Dict[str, Any]:
+    """The hardware-aware PReLU search on digits (the SuperNet at the demo's width: for ran_e_supernet
+    exactly the demo SuperNet); the collapse flags and alphas it ends with."""
+    from ran_keras.search.prelu import digits_variant, run_search
     from ran_keras.train.config import resolve_config
     tcfg = resolve_config("digits", {"model_dir": str(Path(cfg.output_dir) / "search"), "epochs": cfg.search_epochs})
-    res = run_search(tcfg, demo_supernet_spec(), lam=cfg.lam, band=cfg.band, weights=list(weights), log=say)
+    narrow = digits_variant(supernet, f"{supernet.name}_digits")
+    res = run_search(tcfg, narrow, lam=cfg.lam, band=cfg.band, weights=list(weights), log=say)
     return {"alphas": res.alphas, "collapse": res.collapse, "eval_accuracy": res.eval_accuracy,
             "weights": list(weights), "lambda": cfg.lam, "band": list(cfg.band), "epochs": cfg.search_epochs}
 
@@ -104,14 +111,18 @@ def train_digits(spec, model_dir: Path, epochs: int, say, seed: int = 0) -> Opti
     return result.final.get("eval_accuracy")
 
 
-def digits_accuracies(specs, folder: Path, epochs: int, say) -> Dict[str, Optional[float]]:
-    """{name: held-out digits accuracy}; specs that differ only in name and description train once."""
-    done: Dict[str, Optional[float]] = {}
+def digits_accuracies(specs, folder: Path, epochs: int, say, seeds: int = 1) -> Dict[str, Any]:
+    """{name: held-out digits accuracy} (seed 0), or with ``seeds`` > 1 {name: {"seeds": [...], "mean": m}};
+    specs that differ only in name and description train once."""
+    done: Dict[str, Any] = {}
     out = {}
     for spec in specs:
         key = json.dumps(dict(spec.to_dict(), name="", description=""), sort_keys=True)
         if key not in done:
-            done[key] = train_digits(spec, folder / spec.name, epochs, say)
+            accs = [train_digits(spec, folder / spec.name / f"seed{s}" if seeds > 1 else folder / spec.name, epochs,
+                                 say, seed=s) for s in range(seeds)]
+            ok = [a for a in accs if a is not None]
+            done[key] = accs[0] if seeds == 1 else {"seeds": accs, "mean": sum(ok) / len(ok) if ok else None}
         out[spec.name] = done[key]
     return out
 
@@ -138,10 +149,11 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
         say(f"{t.name}: cost model within {100 * validation[t.name]['max_abs_error']:.4f}% of Vela on "
             f"{len(checks)} held-out designs; {rate:,.0f} designs priced per second")
     first = models[targets[0].name]
-    weights = hwcost.collapse_weights(first)
-    say("collapse weights c_i on " + targets[0].name + ": " + " ".join(f"{w:.2f}" for w in weights))
+    weights = [1.0] * len(sites(supernet)) if cfg.plain_penalty else hwcost.collapse_weights(first)
+    say(("penalty weights c_i (plain): " if cfg.plain_penalty else f"collapse weights c_i on {targets[0].name}: ")
+        + " ".join(f"{w:.2f}" for w in weights))
     if cfg.search_epochs > 0:
-        search = prelu_search(cfg, weights, say)
+        search = prelu_search(cfg, supernet, weights, say)
         collapse = search["collapse"]
     else:
         search, collapse = None, [True] * len(weights)
@@ -169,7 +181,7 @@ def run(cfg: HwSearchConfig, say: Callable[[str], None] = print) -> Dict[str, An
                                     "confirmed": confirm(comp, supernet, model, tgt, spec, say)}
     if cfg.train_epochs > 0:
         doc["digits"] = digits_accuracies([get_spec("ran_e_gt")] + list(found.values()), out / "digits",
-                                          cfg.train_epochs, say)
+                                          cfg.train_epochs, say, cfg.seeds)
     doc["seconds"] = time.perf_counter() - t0
     fileio.write_text(out / "hwsearch.json", json.dumps(doc, indent=1) + "\n")
     fileio.write_text(out / "hwsearch.md", format_report(doc))
@@ -217,7 +229,7 @@ def confirm(comp, supernet, model, tgt, spec, say) -> Dict[str, Any]:
         prof = profile_spec(s, input_size=comp.settings.input_size, classes=comp.settings.classes)
         try:
             predicted = model.fps(design_of(supernet, s))
-        except Exception:  # noqa: BLE001 - a network outside the space (EfficientNet) has no prediction
+        except SpaceError:  # a network outside the space (EfficientNet-Lite-B0) has no prediction
             predicted = None
         rows[name] = {"fps": rep.inferences_per_second, "cycles": rep.cycles_total, "fps_predicted": predicted,
                       "macs": prof.macs, "nonlinear_units": prof.nonlinear_units, "params": prof.params,
@@ -289,7 +301,9 @@ def format_report(doc: Dict[str, Any], markdown: bool = True) -> str:
                            rows, markdown=markdown))
     digits = doc.get("digits")
     if digits:
-        parts.append(table(["network (digits width, recipe digits)", "held-out accuracy"],
-                           [[n, "-" if a is None else f"{100 * a:.2f}%"] for n, a in digits.items()],
-                           markdown=markdown))
+        def pct(a):
+            return "-" if a is None else f"{100 * a:.2f}%"
+        rows = [[n, pct(a)] if not isinstance(a, dict) else
+                [n, " / ".join(pct(x) for x in a["seeds"]) + f" (mean {pct(a['mean'])})"] for n, a in digits.items()]
+        parts.append(table(["network (digits width, recipe digits)", "held-out accuracy"], rows, markdown=markdown))
     return "\n\n".join(parts) + "\n"

@@ -121,9 +121,11 @@ def design_of(supernet: NetworkSpec, spec: NetworkSpec) -> Design:
     choices = []
     for prefix in sites(supernet):
         block = got.get(prefix).block if prefix in got else None
-        if block is None or block.kind not in FORMS or block.channels != want[prefix].block.channels:
-            raise SpaceError(f"{spec.name}: {prefix} is {block.kind if block else 'missing'}, not an IBN or collapsed "
-                             f"block of {supernet.name}'s layout")
+        need = want[prefix].block.channels
+        if block is None or block.kind not in FORMS or block.channels != need:
+            got_text = f"kind '{block.kind}' with {block.channels} channels" if block else "missing"
+            raise SpaceError(f"{spec.name}: {prefix} is {got_text}; a design of {supernet.name} has an ibn or "
+                             f"collapsed block with {need} channels there")
         act = activations.canonical(block.activation or spec.activation)
         choices.append(Choice(block.kind, block.kernel, act))
     head = [s.block for s in spec.sites if s.section == "head"]
