@@ -20,7 +20,8 @@ from ran_keras.train.config import FIELDS, RECIPES, TrainConfig, resolve_config
 
 FLAGS = flags.FLAGS
 
-GROUP_TITLES = {"model": "model", "data": "data and augmentation", "optim": "optimisation", "run": "run"}
+GROUP_TITLES = {"model": "model", "data": "data and augmentation", "detection": "detection (--task=detection)",
+                "optim": "optimisation", "run": "run"}
 
 
 def _recipe_note(name: str) -> str:
@@ -56,6 +57,10 @@ def _define() -> None:
 
 if "batch_size" not in FLAGS:
     _define()
+if "memory_check" not in FLAGS:
+    flags.DEFINE_boolean("memory_check", True, "refuse to start when the run's estimated memory (weights, optimizer "
+                                               "state, the batch's activations) exceeds what the machine has "
+                                               "(--nomemory_check: try anyway)")
 
 
 def config_from_flags(default_recipe: str = "ran_e", **forced: Any) -> TrainConfig:
@@ -68,12 +73,44 @@ def config_from_flags(default_recipe: str = "ran_e", **forced: Any) -> TrainConf
             value = forced[name]
         overrides[name] = value
     recipe = FLAGS.recipe if FLAGS.recipe is not None else default_recipe
-    return resolve_config(recipe, overrides)
+    cfg = resolve_config(recipe, overrides)
+    check_outputs(cfg)
+    return cfg
+
+
+def check_outputs(cfg: TrainConfig) -> None:
+    """--model_dir and --json FILE must be writable: checked before TensorFlow starts."""
+    from ran_keras import fileio
+    if cfg.model_dir:
+        fileio.check_output_dir(cfg.model_dir, "--model_dir")
+    if FLAGS.json not in (None, "-"):
+        fileio.check_output_file(FLAGS.json, "--json")
+
+
+def check_memory(cfg: TrainConfig, spec) -> None:
+    """Refuse a CPU run whose estimated memory exceeds the machine's, naming the setting (before
+    TensorFlow). On a GPU or TPU the activations live in device memory, unknown here: not checked.
+    A multi-worker run counts this worker's share of the global batch."""
+    from ran_keras.analysis import memory
+    if not FLAGS.memory_check or cfg.strategy == "tpu" or memory.accelerator_present():
+        return
+    from ran_keras.spec import scale_width
+    if cfg.width != 1.0:
+        spec = scale_width(spec, cfg.width, rounding="round")
+    size = cfg.image_size or spec.input_size
+    workers = memory.cluster_workers() if cfg.strategy == "multi_worker_mirrored" else 1
+    estimate = memory.training(spec, image_size=size, classes=cfg.classes or 10,
+                               batch_size=-(-cfg.batch_size // workers), optimizer=cfg.optimizer, dtype=cfg.dtype,
+                               ema=cfg.ema)
+    memory.check(estimate, {"activations": "--batch_size", "input batch": "--batch_size",
+                            "weights, gradients and optimizer state": "--width (or a smaller --model)"},
+                 "--nomemory_check")
 
 
 def help_text(program: str, summary: str, extra: Sequence[str] = ()) -> str:
     lines = [f"usage: {program} --model=MODEL --dataset=NAME --model_dir=DIR [--flag=value ...]", "", summary, "",
-             "  --recipe: " + FLAGS["recipe"].help, "  --json: " + FLAGS["json"].help]
+             "  --recipe: " + FLAGS["recipe"].help, "  --json: " + FLAGS["json"].help,
+             "  --[no]memory_check: " + FLAGS["memory_check"].help]
     lines += list(extra)
     groups: Dict[str, List[str]] = {}
     for name, f in FIELDS.items():
@@ -89,6 +126,12 @@ def emit_json(data: Any) -> None:
     if FLAGS.json:
         from ran_keras.cli.common import emit_json as emit
         emit(data, FLAGS.json)
+
+
+def _is_non_finite_loss(err: Exception) -> bool:
+    """Without importing the trainer (and TensorFlow) when it never ran: a bad flag stays fast."""
+    trainer = sys.modules.get("ran_keras.train.trainer")
+    return trainer is not None and isinstance(err, trainer.NonFiniteLossError)
 
 
 def run_main(main: Callable[[List[str]], Optional[int]], argv: Sequence[str], program: str, summary: str,
@@ -115,9 +158,8 @@ def run_main(main: Callable[[List[str]], Optional[int]], argv: Sequence[str], pr
     try:
         return int(main(rest) or 0)
     except RanError as err:
-        from ran_keras.train.trainer import NonFiniteLossError
         print(f"{program}: error: {err}", file=sys.stderr)
-        return 3 if isinstance(err, NonFiniteLossError) else 2
+        return 3 if _is_non_finite_loss(err) else 2
     except KeyboardInterrupt:
         print(f"{program}: interrupted (re-run with the same --model_dir to resume from the last checkpoint)",
               file=sys.stderr)

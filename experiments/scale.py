@@ -110,6 +110,9 @@ def _main(argv) -> int:
     print(scaling.format_report(result, FLAGS.top, sep="_"))
     print(f"wrote {out}/: candidates.csv, sweep.json, nnmass_vs_macs.png, specs/ ({len(written['specs'])} specs)",
           file=sys.stderr)
+    if result.unmet:
+        print(f"error: {result.unmet_message()}", file=sys.stderr)
+        return 1
     return 0
 
 

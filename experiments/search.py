@@ -75,6 +75,7 @@ def main(argv: List[str]) -> int:
         spec = model_spec(cfg)          # a bad --model fails before TensorFlow starts
         prelu.require_afrbs(spec)
     band = prelu.check_band(_floats(FLAGS.band, "band"))
+    flags_lib.check_memory(cfg, spec)
     lambdas = FLAGS.lambdas if FLAGS.lambdas is not None else (
         list(DEMO_LAMBDAS) if demo and not FLAGS["lambda"].present else None)
     fold = FLAGS.fold if FLAGS.fold is not None else demo
@@ -84,10 +85,12 @@ def main(argv: List[str]) -> int:
                   alpha_log_every=FLAGS.alpha_log_every, retrain_epochs=FLAGS.retrain_epochs, fold=fold)
     if lambdas:
         results = prelu.run_sweep(cfg, spec, lambdas=_floats(lambdas, "lambdas"), **common)
-        flags_lib.emit_json([r.to_dict() for r in results])
+        if results[0].chief:   # the other workers of a cluster write nothing
+            flags_lib.emit_json([r.to_dict() for r in results])
     else:
         result = prelu.run_search(cfg, spec, lam=FLAGS["lambda"].value, **common)
-        flags_lib.emit_json(result.to_dict())
+        if result.chief:
+            flags_lib.emit_json(result.to_dict())
     return 0
 
 

@@ -22,12 +22,16 @@ SUMMARY = ("Train a registered model (ran list) or a spec .json. Settings come f
 
 
 def main(argv: List[str]) -> int:
-    from ran_keras.train.config import model_spec
+    from ran_keras.train.config import model_spec, require_model_dir
     cfg = flags_lib.config_from_flags("ran_e")
-    spec = model_spec(cfg)              # a bad --model fails before TensorFlow starts
+    require_model_dir(cfg)
+    spec = model_spec(cfg) if cfg.task == "classification" else None   # a bad --model fails before TensorFlow
+    if spec is not None:
+        flags_lib.check_memory(cfg, spec)   # so does a batch that cannot fit
     from ran_keras.train import trainer
     result = trainer.train(cfg, spec)  # applies --width, --activation, --drop_path_rate to it
-    flags_lib.emit_json(result.to_dict())
+    if result.chief:                   # the other workers of a cluster write nothing
+        flags_lib.emit_json(result.to_dict())
     return 0
 
 

@@ -78,7 +78,7 @@ class _Runner:
         from ran_keras.export.flatbuffer import inspect_tflite, read_bytes
         from ran_keras.export.litert import interpreter
         data = read_bytes(model)
-        info = inspect_tflite(data)
+        info = inspect_tflite(data, name=None if isinstance(model, (bytes, bytearray)) else os.fspath(model))
         self.name = (os.path.basename(os.fspath(model)) if not isinstance(model, (bytes, bytearray))
                      else f"<{info.size_bytes} bytes>")
         self.sha256 = info.sha256

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -147,7 +148,15 @@ def load_images(source, count: int, size: int, channels: int = 3, seed: int = 0,
         images, extra = _tfds_images(src.name, src.split, count, size, channels, data_dir)
     info = {"source": str(src), "kind": src.kind, "count": int(len(images)), "size": size, "seed": seed}
     info.update(extra)
+    if len(images) < count:
+        info["requested"] = count
+        warnings.warn(f"calibration source {src} gave {len(images)} image(s), fewer than the {count} asked for "
+                      "(--samples); the int8 ranges come from those only", CalibrationWarning, stacklevel=2)
     return images, info
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration source had fewer images than asked for."""
 
 
 def normalizer(spec=None, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
@@ -163,7 +172,23 @@ def calibration_set(source=DEFAULT_SOURCE, count: int = DEFAULT_COUNT, size: int
                     channels: int = 3, seed: int = 0,
                     data_dir: Optional[str] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Normalised float32 calibration images and their description (source, count, mean/std)."""
-    images, info = load_images(source, count, size, channels, seed, data_dir)
     norm = normalizer(spec, mean, std)
+    _check_normalisation(norm)
+    images, info = load_images(source, count, size, channels, seed, data_dir)
     info["input_mean"], info["input_std"] = list(norm.input_mean), list(norm.input_std)
-    return photos.normalize(images, norm), info
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = photos.normalize(images, norm)
+    if not np.all(np.isfinite(x)):
+        raise CalibrationError(f"input mean {list(norm.input_mean)} / std {list(norm.input_std)} turn the calibration "
+                               "images into inf/NaN (float32 overflow); the std must be a positive number on the "
+                               "0-255 pixel scale (e.g. 127.5, or 58.4,57.1,57.4)")
+    return x, info
+
+
+def _check_normalisation(norm) -> None:
+    for name in ("input_mean", "input_std"):
+        values = list(getattr(norm, name))
+        if not values or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+            raise CalibrationError(f"{name.replace('_', ' ')} must be finite numbers, got {values}")
+    if not all(v > 0 for v in norm.input_std):
+        raise CalibrationError(f"input std must be positive (the input is divided by it), got {list(norm.input_std)}")

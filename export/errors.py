@@ -52,3 +52,12 @@ class CpuOpsError(RanError):
     def __init__(self, message: str, document=None):
         super().__init__(message)
         self.document = document
+
+
+class IncompleteTableError(RanError):
+    """``ran hwtable`` finished, but some models or targets failed; ``document`` is the table
+    written (the failed rows carry their reason)."""
+
+    def __init__(self, message: str, document=None):
+        super().__init__(message)
+        self.document = document

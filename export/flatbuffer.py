@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -99,12 +100,22 @@ def read_bytes(path_or_bytes: Union[bytes, bytearray, str, os.PathLike]) -> byte
     return path.read_bytes()
 
 
-def inspect_tflite(path_or_bytes: Union[bytes, bytearray, str, os.PathLike]) -> TFLiteInfo:
-    """Parse a TFLite flatbuffer: ops in execution order, tensors with type, shape and quantisation."""
+def inspect_tflite(path_or_bytes: Union[bytes, bytearray, str, os.PathLike],
+                   name: Optional[str] = None) -> TFLiteInfo:
+    """Parse a TFLite flatbuffer: ops in execution order, tensors with type, shape and quantisation.
+    ``name`` is what errors call it (default: the path, or "the given bytes")."""
     data = read_bytes(path_or_bytes)
+    where = name or (path_or_bytes if not isinstance(path_or_bytes, (bytes, bytearray)) else "the given bytes")
     if len(data) < 8 or data[4:8] != b"TFL3":
-        where = path_or_bytes if not isinstance(path_or_bytes, (bytes, bytearray)) else "the given bytes"
         raise TFLiteFileError(f"{where} is not a TFLite flatbuffer (no 'TFL3' identifier)")
+    try:
+        return _parse(data)
+    except (struct.error, IndexError, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise TFLiteFileError(f"{where}: truncated or damaged TFLite flatbuffer ({len(data):,} bytes; reading it "
+                              f"failed: {err}); expected a complete .tflite file (export it again)") from None
+
+
+def _parse(data: bytes) -> TFLiteInfo:
     Model, BuiltinOperator, TensorType = _schema()
     op_names, type_names = _names(BuiltinOperator), _names(TensorType)
     model = Model.GetRootAs(data, 0)
@@ -132,9 +143,20 @@ def inspect_tflite(path_or_bytes: Union[bytes, bytearray, str, os.PathLike]) -> 
         ins = tuple(int(v) for v in op.InputsAsNumpy()) if op.InputsLength() else ()
         outs = tuple(int(v) for v in op.OutputsAsNumpy()) if op.OutputsLength() else ()
         info.ops.append(OpInfo(i, codes[op.OpcodeIndex()], ins, outs))
+    _check_buffers(model, len(data))
     info.inputs = [info.tensors[int(j)] for j in graph.InputsAsNumpy()] if graph.InputsLength() else []
     info.outputs = [info.tensors[int(j)] for j in graph.OutputsAsNumpy()] if graph.OutputsLength() else []
     return info
+
+
+def _check_buffers(model, size: int) -> None:
+    """Every weight buffer lies inside the file (a cut-off file fails here, not in the interpreter)."""
+    for i in range(model.BuffersLength()):
+        buf = model.Buffers(i)
+        if buf.DataLength():
+            buf.DataAsNumpy()  # ValueError when the data runs past the end
+        if buf.Offset() > 1 and buf.Offset() + buf.Size() > size:
+            raise ValueError(f"buffer {i} ends at byte {buf.Offset() + buf.Size():,}")
 
 
 def check_integer_only(info: TFLiteInfo, what: str = "the int8 export") -> None:

@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ran_keras import fileio
+from ran_keras.errors import RanError
 from ran_keras.export import calibration as cal
 from ran_keras.export.errors import ExportError
 from ran_keras.export.settings import (  # noqa: F401  (re-exported)
     ACTIVATIONS, DEFAULT_MODELS, DEFAULT_TARGETS, REFERENCE, Settings, check_activation)
 
 FORMAT = "ran-keras-hwtable"
+OUTPUT_FILES = ("hwtable.md", "hwtable.csv", "hwtable.json", "hwtable.png")
 #: bump when the conversion recipe changes, so cached .tflite files are not reused
 RECIPE = 1
 
@@ -123,7 +125,7 @@ def convert(job: ConvertJob) -> Dict[str, Any]:
     fileio.write_bytes(path, data)
     report = {"key": job.key, "model": job.label, "calibration": calib, "agreement": agreement,
               "tflite": dict(info.to_dict(), file=path.name)}
-    fileio.write_text(path.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    fileio.write_json(path.with_suffix(".json"), report)
     report["seconds"] = time.perf_counter() - t0
     return report
 
@@ -169,6 +171,7 @@ class Row:
     paper: Optional[Dict[str, Any]]
     export: Dict[str, Any] = field(default_factory=dict)
     targets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    error: Optional[str] = None     # why the export failed (then no target has figures)
 
 
 def _plan(settings: Settings) -> Tuple[List[Tuple[str, Any, Any]], str]:
@@ -187,6 +190,15 @@ def _plan(settings: Settings) -> Tuple[List[Tuple[str, Any, Any]], str]:
     if reference.label not in seen:
         specs.insert(0, (reference.label, REFERENCE, reference.spec))
     return specs, reference.label
+
+
+def _check_memory(plan, settings: Settings) -> None:
+    """Each model's export, times the conversions that run at once, must fit in memory."""
+    from ran_keras.export.pipeline import check_export_memory
+    parallel = min(settings.jobs, len(plan))
+    for _, _, spec in plan:
+        check_export_memory(spec, input_size=settings.input_size, classes=settings.classes,
+                            samples=settings.samples, parallel=parallel)
 
 
 def _saved_spec(path):
@@ -209,7 +221,11 @@ def _paper(ref) -> Optional[Dict[str, Any]]:
 
 
 def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Build, export and compile every model for every target; write the table files; return the JSON."""
+    """Build, export and compile every model for every target; write the table files; return the JSON.
+
+    The previous run's table files go first. A model whose export fails, or a target whose Vela
+    compile fails, is marked with its reason while the rest finish; the table is then written
+    and IncompleteTableError (carrying it) is raised."""
     from ran_keras.export import vela
     from ran_keras.analysis.profiler import profile_spec
     say = progress or (lambda msg: None)
@@ -222,6 +238,11 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
     if not targets:
         raise ExportError("no target given; accepted: " + ", ".join(vela.named_targets()))
     plan, ref_label = _plan(settings)
+    if settings.memory_check:
+        _check_memory(plan, settings)
+    removed = remove_outputs(out)  # a table left from an earlier run must not pass for this one's
+    if removed:
+        say(f"hwtable: removed the previous table ({', '.join(p.name for p in removed)})")
     versions = software_versions()
     rows: Dict[str, Row] = {}
     jobs: List[ConvertJob] = []
@@ -252,8 +273,14 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
     def finish_vela(fut: cf.Future) -> None:
         nonlocal done_vela
         label, tgt = pending_vela.pop(fut)
-        rep = fut.result()
         done_vela += 1
+        try:
+            rep = fut.result()
+        except Exception as err:  # noqa: BLE001 - one failed compile must not lose the others
+            rows[label].targets[tgt.name] = {"error": failure_text("Vela", err)}
+            say(f"  [{done_vela:>3}/{n_models * n_targets}] vela {label} on {tgt.name}: FAILED: "
+                f"{rows[label].targets[tgt.name]['error']}")
+            return
         rows[label].targets[tgt.name] = _target_entry(rep)
         cpu = f", {rep.cpu_op_count} CPU ops!" if rep.cpu_ops else ""
         say(f"  [{done_vela:>3}/{n_models * n_targets}] vela {label} on {tgt.name}: "
@@ -267,6 +294,12 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
         say(f"  converted {job.label} in {report['seconds']:.1f} s "
             f"({report['tflite']['size_bytes'] / 1e6:.1f} MB{extra})")
         submit_vela(job)
+
+    def failed(job: ConvertJob, err: BaseException) -> None:
+        nonlocal done_vela
+        rows[job.label].error = failure_text("export", err)
+        done_vela += n_targets
+        say(f"  FAILED    {job.label}: {rows[job.label].error}")
 
     pool = None
     try:
@@ -290,7 +323,12 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
             pending_conv = {pool.submit(convert, job): job for job in todo}
         else:
             for job in todo:
-                converted(job, convert(job))
+                try:
+                    report = convert(job)
+                except Exception as err:  # noqa: BLE001 - finish the other models, report this one
+                    failed(job, err)
+                    continue
+                converted(job, report)
         while pending_conv or pending_vela:
             done, _ = cf.wait(list(pending_conv) + list(pending_vela), return_when=cf.FIRST_COMPLETED)
             for fut in done:
@@ -299,9 +337,12 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
                     try:
                         report = fut.result()
                     except BrokenProcessPool as err:
-                        raise ExportError(f"a conversion worker died while converting {job.label} ({err}); "
-                                          f"its console output is in {out / 'logs'}. Out of memory? Try --jobs 1"
-                                          ) from None
+                        failed(job, ExportError(f"a conversion worker died ({err}); its console output is in "
+                                                f"{out / 'logs'}. Out of memory? Try --jobs 1"))
+                        continue
+                    except Exception as err:  # noqa: BLE001 - finish the other models, report this one
+                        failed(job, err)
+                        continue
                     converted(job, report)
                 else:
                     finish_vela(fut)
@@ -312,17 +353,42 @@ def run(settings: Settings, output_dir, progress: Optional[Callable[[str], None]
 
     doc = _document(settings, rows, targets, ref_label, versions)
     paths = write_outputs(doc, out)
-    cpu_total = sum(t["cpu_op_count"] for m in doc["models"] for t in m["targets"].values())
+    cpu_total = sum(t.get("cpu_op_count", 0) for m in doc["models"] for t in m["targets"].values())
     if cpu_total:
         say(f"WARNING: {cpu_total} operator(s) fall back to the CPU (0 cycles in Vela): FPS of those rows is "
             "too optimistic; see the cpu_ops lists in the JSON")
     say(f"hwtable: done in {time.perf_counter() - t_start:.1f} s; wrote {', '.join(str(p) for p in paths)}")
+    if doc["failures"]:
+        from ran_keras.export.errors import IncompleteTableError
+        lost = sum(n_targets if f["target"] is None else 1 for f in doc["failures"])
+        raise IncompleteTableError(f"{lost} of {n_models * n_targets} measurements failed (their "
+                                   "rows are marked in the table): " + "; ".join(
+                                       f"{f['model']}{' on ' + f['target'] if f['target'] else ''}: {f['error']}"
+                                       for f in doc["failures"]), document=doc)
     if settings.fail_on_cpu_ops and cpu_total:
         from ran_keras.export.errors import CpuOpsError
         raise CpuOpsError(f"{cpu_total} operator(s) fall back to the CPU: " + "; ".join(
             f"{m['label']} on {t} ({e['cpu_op_count']}): {', '.join(o['op'] for o in e['cpu_ops'])}"
-            for m in doc["models"] for t, e in m["targets"].items() if e["cpu_ops"]), document=doc)
+            for m in doc["models"] for t, e in m["targets"].items() if e.get("cpu_ops")), document=doc)
     return doc
+
+
+def failure_text(stage: str, err: BaseException) -> str:
+    """One line saying what failed and why (the first line of the error)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    kind = type(err).__name__
+    return f"{stage} failed: {text}" if text and isinstance(err, RanError) else f"{stage} failed: {kind}: {text}"
+
+
+def remove_outputs(output_dir) -> List[Path]:
+    """Delete the table files an earlier run left in ``output_dir`` (cached conversions stay)."""
+    removed = []
+    for name in OUTPUT_FILES:
+        path = Path(output_dir) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _saved_file(ref) -> Optional[str]:
@@ -350,23 +416,30 @@ def _document(settings: Settings, rows: Dict[str, Row], targets, ref_label: str,
     ref_row = rows[ref_label]
     # the paper's MACs and FPS are for 224x224 and 1000 classes; at other settings they are not shown
     comparable = settings.input_size == 224 and settings.classes == 1000
-    models = []
+    models, failures = [], []
     for row in rows.values():
+        if row.error:
+            row.targets = {t.name: {"error": row.error} for t in targets}
+            failures.append({"model": row.label, "target": None, "error": row.error})
         for tgt in targets:
-            entry = row.targets[tgt.name]
-            ref_fps = ref_row.targets[tgt.name]["inferences_per_second"]
+            entry = row.targets.setdefault(tgt.name, {"error": "not measured"})
+            if "error" in entry:
+                if not row.error:
+                    failures.append({"model": row.label, "target": tgt.name, "error": entry["error"]})
+                continue
+            ref_fps = ref_row.targets.get(tgt.name, {}).get("inferences_per_second")
             entry["fps_normalised"] = entry["inferences_per_second"] / ref_fps if ref_fps else None
             if row.paper and tgt.paper_column and comparable:
                 entry["paper_fps_normalised"] = row.paper.get(tgt.paper_column)
         models.append({"label": row.label, "name": row.name, "activation": row.activation,
                        "reference": row.label == ref_label, "params": row.params, "macs": row.macs,
-                       "paper": row.paper, "export": row.export,
+                       "paper": row.paper, "export": row.export, "error": row.error,
                        "targets": {t.name: row.targets[t.name] for t in targets}})
     return {
         "format": FORMAT, "version": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "settings": settings.public(), "software": versions, "reference": ref_label,
-        "paper_comparable": comparable,
+        "paper_comparable": comparable, "complete": not failures, "failures": failures,
         "targets": {t.name: t.to_dict() for t in targets},
         "units": {"params": "count", "macs": "multiply-accumulates per image (conv, depthwise, dense)",
                   "inference_time": "s", "sram_used": "KiB", "off_chip_used": "KiB", "sram_cap": "KiB, null = none",
@@ -399,9 +472,12 @@ def table_rows(doc: Dict[str, Any]) -> Tuple[List[str], List[List[Any]]]:
                p.get("params", "-"), fmt_count(m["macs"]), p.get("macs", "-") if doc["paper_comparable"] else "-"]
         for t in targets:
             e = m["targets"][t]
+            if "error" in e:
+                row += ["FAILED", "-", "-", "-"]
+                continue
             row += [f"{e['inferences_per_second']:.1f}", _x(e["fps_normalised"]), _x(e["paper_fps_normalised"]),
                     fmt_pct(100 * e["utilisation"], digits=0, signed=False)]
-        row.append("/".join(str(m["targets"][t]["cpu_op_count"]) for t in targets))
+        row.append("/".join(str(m["targets"][t].get("cpu_op_count", "-")) for t in targets))
         rows.append(row)
     return headers, rows
 
@@ -415,8 +491,12 @@ def render_text(doc: Dict[str, Any], markdown: bool = False) -> str:
              f"{s['calibration']} x{s['samples']}, seed {s['seed']}", ""]
     lines.append(table(headers, rows, markdown=markdown))
     lines.append("")
+    for f in doc.get("failures", []):
+        lines.append(f"FAILED: {f['model']}{' on ' + f['target'] if f['target'] else ''}: {f['error']}")
+    if doc.get("failures"):
+        lines.append("")
     for name, t in doc["targets"].items():
-        caps = {m["targets"][name]["sram_cap"] for m in doc["models"]}
+        caps = {m["targets"][name]["sram_cap"] for m in doc["models"] if "error" not in m["targets"][name]}
         cap = ("no SRAM cap" if caps == {None} else
                "SRAM cap " + "/".join(f"{c:g} KiB" for c in sorted(c for c in caps if c is not None)))
         lines.append(f"{name}: {t['accelerator']}, {t['system_config']}, {t['memory_mode']} ({cap}); "
@@ -439,20 +519,23 @@ def render_csv(doc: Dict[str, Any]) -> str:
     w.writerow(["model", "activation", "reference", "params", "macs", "paper_params", "paper_macs", "target",
                 "accelerator", "system_config", "memory_mode", "cycles_total", "cycles_npu", "inference_time_s",
                 "inferences_per_second", "fps_normalised", "paper_fps_normalised", "utilisation", "cpu_op_count",
-                "cpu_ops", "sram_used_kib", "off_chip_used_kib"])
+                "cpu_ops", "sram_used_kib", "off_chip_used_kib", "error"])
     for m in doc["models"]:
         p = m["paper"] or {}
         for t, e in m["targets"].items():
             tg = doc["targets"][t]
-            w.writerow([m["label"], m["activation"], int(m["reference"]), m["params"], m["macs"],
-                        p.get("params", ""), p.get("macs", ""), t, tg["accelerator"], tg["system_config"],
-                        tg["memory_mode"], e["cycles_total"], e["cycles_npu"], f"{e['inference_time']:.9g}",
-                        f"{e['inferences_per_second']:.6g}",
-                        "" if e["fps_normalised"] is None else f"{e['fps_normalised']:.6g}",
-                        "" if e["paper_fps_normalised"] is None else e["paper_fps_normalised"],
-                        f"{e['utilisation']:.6g}", e["cpu_op_count"],
-                        ";".join(f"{o['op']}:{o['name']}" for o in e["cpu_ops"]),
-                        f"{e['sram_used']:.6g}", f"{e['off_chip_used']:.6g}"])
+            head = [m["label"], m["activation"], int(m["reference"]), m["params"], m["macs"], p.get("params", ""),
+                    p.get("macs", ""), t, tg["accelerator"], tg["system_config"], tg["memory_mode"]]
+            if "error" in e:
+                w.writerow(head + [""] * 11 + [e["error"]])
+                continue
+            w.writerow(head + [e["cycles_total"], e["cycles_npu"], f"{e['inference_time']:.9g}",
+                               f"{e['inferences_per_second']:.6g}",
+                               "" if e["fps_normalised"] is None else f"{e['fps_normalised']:.6g}",
+                               "" if e["paper_fps_normalised"] is None else e["paper_fps_normalised"],
+                               f"{e['utilisation']:.6g}", e["cpu_op_count"],
+                               ";".join(f"{o['op']}:{o['name']}" for o in e["cpu_ops"]),
+                               f"{e['sram_used']:.6g}", f"{e['off_chip_used']:.6g}", ""])
     return buf.getvalue()
 
 
@@ -464,9 +547,11 @@ def plot(doc: Dict[str, Any], path) -> Path:
     targets = list(doc["targets"])
     fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 4.6), squeeze=False)
     for ax, t in zip(axes[0], targets):
-        ref_fps = next(m["targets"][t]["inferences_per_second"] for m in doc["models"] if m["reference"])
+        ref_fps = next(m["targets"][t].get("inferences_per_second") for m in doc["models"] if m["reference"])
         for m in doc["models"]:
             e = m["targets"][t]
+            if e.get("fps_normalised") is None:  # failed, or the reference failed
+                continue
             x, y = m["macs"] / 1e6, e["fps_normalised"]
             ax.scatter([x], [y], color="tab:blue", zorder=3, s=28)
             ax.annotate(m["label"].replace("efficientnet_lite_b0", "effnet_lite_b0"), (x, y), fontsize=7,
@@ -476,7 +561,8 @@ def plot(doc: Dict[str, Any], path) -> Path:
                 px = m["paper"]["macs_value"] / 1e6
                 ax.scatter([px], [paper_y], marker="x", color="tab:red", zorder=3, s=30)
                 ax.plot([x, px], [y, paper_y], color="0.75", lw=0.8, zorder=1)
-        ax.set_title(f"{t} ({doc['targets'][t]['accelerator']})\nreference {doc['reference']}: {ref_fps:.1f} FPS",
+        ref_text = f"{ref_fps:.1f} FPS" if ref_fps else "failed"
+        ax.set_title(f"{t} ({doc['targets'][t]['accelerator']})\nreference {doc['reference']}: {ref_text}",
                      fontsize=9)
         ax.set_xlabel(f"MACs (millions, {doc['settings']['input_size']}x{doc['settings']['input_size']})")
         ax.set_ylabel("FPS / reference FPS")
@@ -496,7 +582,7 @@ def write_outputs(doc: Dict[str, Any], output_dir) -> List[Path]:
     out = Path(output_dir)
     paths = [fileio.write_text(out / "hwtable.md", "# Hardware table\n\n" + render_text(doc, markdown=True)),
              fileio.write_text(out / "hwtable.csv", render_csv(doc)),
-             fileio.write_text(out / "hwtable.json", json.dumps(doc, indent=1) + "\n"),
+             fileio.write_json(out / "hwtable.json", doc),
              plot(doc, out / "hwtable.png")]
     return paths
 

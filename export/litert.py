@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from typing import Optional
 
 #: lines the converter and interpreter print from C++ on every run; other stderr lines are kept
 _CPP_NOISE = (
@@ -34,14 +35,31 @@ def quiet():
 
 
 
-def interpreter(model_content: bytes, *, threads: int = 1, preserve_all_tensors: bool = False):
+def interpreter(model_content: bytes, *, threads: int = 1, preserve_all_tensors: bool = False,
+                name: Optional[str] = None):
     """An allocated LiteRT interpreter for a flatbuffer; its routine start-up chatter is filtered.
 
     ``preserve_all_tensors`` keeps intermediate tensors readable (e.g. the logits before a softmax).
+    A flatbuffer the interpreter cannot read raises TFLiteFileError naming ``name`` (the file).
+    Where the default XNNPACK delegate fails to prepare a graph (it does on the int8 export of
+    ``ChannelLayerNorm``), LiteRT's built-in kernels run it instead.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kwargs = dict(model_content=bytes(model_content), num_threads=threads,
+                  experimental_preserve_all_tensors=preserve_all_tensors)
     with quiet():
-        interp = Interpreter(model_content=bytes(model_content), num_threads=threads,
-                             experimental_preserve_all_tensors=preserve_all_tensors)
-        interp.allocate_tensors()
+        try:
+            interp = Interpreter(**kwargs)
+        except ValueError as err:
+            from ran_keras.export.errors import TFLiteFileError
+            raise TFLiteFileError(f"{name or 'the model'}: the TFLite interpreter cannot read it ({err}); expected a "
+                                  "complete .tflite file") from None
+        try:
+            interp.allocate_tensors()
+        except RuntimeError as err:
+            if "xnnpack" not in str(err).lower():
+                raise
+            interp = Interpreter(**kwargs,
+                                 experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            interp.allocate_tensors()
     return interp

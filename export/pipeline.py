@@ -151,6 +151,26 @@ def resolve_model(ref, *, input_size: Optional[int] = None, classes: int = 1000,
     return ResolvedModel(model, resolved.label, resolved.origin, spec)
 
 
+def check_export_memory(ref, activation: Optional[str] = None, *, input_size: Optional[int], classes: int,
+                        samples: int, parallel: int = 1) -> None:
+    """Refuse an export (``parallel`` at once) that cannot fit in memory, naming the setting to lower.
+    Specs and registered models only (a saved model's size is known once it is loaded)."""
+    from ran_keras.analysis import memory
+    from ran_keras.spec import NetworkSpec
+    if isinstance(ref, NetworkSpec):
+        spec = ref
+    elif isinstance(ref, (str, os.PathLike, Mapping)) and file_kind(ref) not in ("keras", "tflite"):
+        spec = resolve_model_arg(ref, activation).spec
+    else:
+        return
+    estimate = memory.export(spec, image_size=input_size or spec.input_size, classes=classes, samples=samples)
+    if parallel > 1:
+        estimate = memory.Estimate(f"{estimate.what}, {parallel} at once (--jobs)",
+                                   {k: v * parallel for k, v in estimate.parts.items()})
+    memory.check(estimate, {"calibration images": "--samples", "activations": "--input-size",
+                            "weights (Keras model and converter copies)": "the model's size"}, "--no-memory-check")
+
+
 def _is_keras_model(obj) -> bool:
     from ran_keras.backend import keras
     return isinstance(obj, keras.Model)
@@ -168,17 +188,21 @@ def export_model(ref, output=None, *, input_size: Optional[int] = None, classes:
                  samples: int = CALIBRATION_COUNT, int8: bool = True, per_channel: bool = True,
                  compare: bool = True, mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, data_dir: Optional[str] = None,
-                 progress=None) -> ExportResult:
+                 progress=None, memory_check: bool = True) -> ExportResult:
     """Export ``ref`` to TFLite and check it; writes ``output`` atomically when given.
 
     ``mean``/``std`` override the spec's input normalisation. A saved Keras model uses the spec
     beside it (``x.spec.json``, written by training and ``ran weights import``); without one the
     default is 127.5/127.5, i.e. inputs in [-1, 1]. With ``output``, the spec (when known) is
-    written beside the .tflite too, for ``ran eval``.
+    written beside the .tflite too, for ``ran eval``. With ``memory_check``, an export whose
+    estimated memory (``ran_keras.analysis.memory.export``) exceeds the machine's is refused first.
     """
     from ran_keras.export.tflite import compare_with_keras, input_shape_of, to_tflite
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
+    if memory_check:
+        check_export_memory(ref, activation, input_size=input_size, classes=classes,
+                            samples=samples if (int8 or compare) else 0)
     resolved = resolve_model(ref, input_size=input_size, classes=classes, activation=activation, seed=seed)
     h, w, c = input_shape_of(resolved.model)
     if h != w:

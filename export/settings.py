@@ -14,8 +14,9 @@ from ran_keras.export.errors import CalibrationError, ExportError
 CALIBRATION_SOURCE = "photos"
 CALIBRATION_COUNT = 8
 DEFAULT_MODELS = ("efficientnet_lite_b0", "efficientnet_lite_b0_hswish", "ran_e_supernet_ibn", "ran_e_subnet_w",
-                  "ran_e_a", "ran_e_b", "ran_e_c", "ran_e_gt", "resnet18", "repvgg_a0")
-DEFAULT_TARGETS = ("u55-128", "u65-256", "u65-256-384k")
+                  "ran_e_a", "ran_e_b", "ran_e_c", "ran_e_gt", "ran_e_hw_u65", "ran_e_hw_u55", "resnet18",
+                  "repvgg_a0")
+DEFAULT_TARGETS = ("u55-128", "u65-256", "u65-256-384k", "u85-256", "u85-512")
 REFERENCE = "efficientnet_lite_b0"
 #: --activation values: each model's own, or one of these everywhere (aliases such as hswish work)
 ACTIVATIONS = ("default", "relu6", "hard_swish")
@@ -36,6 +37,7 @@ class Settings:
     jobs: int = 2
     cache: bool = True
     fail_on_cpu_ops: bool = False
+    memory_check: bool = True
 
     def __post_init__(self) -> None:
         self.activation = check_activation(self.activation)
@@ -44,7 +46,7 @@ class Settings:
     def public(self) -> Dict[str, Any]:
         """What the results depend on (not how they were scheduled)."""
         out = asdict(self)
-        for key in ("jobs", "cache", "fail_on_cpu_ops"):
+        for key in ("jobs", "cache", "fail_on_cpu_ops", "memory_check"):
             out.pop(key)
         out["models"], out["targets"] = list(self.models), list(self.targets)
         return out

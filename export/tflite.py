@@ -47,7 +47,8 @@ def _samples(calibration, shape: Tuple[int, int, int]) -> np.ndarray:
     return arr
 
 
-def to_tflite(model, calibration=None, *, int8: bool = True, per_channel: bool = True) -> bytes:
+def to_tflite(model, calibration=None, *, int8: bool = True, per_channel: bool = True,
+              npu_layer_norm: bool = True) -> bytes:
     """Convert a tf_keras image model to a TFLite flatbuffer (batch size 1).
 
     Args:
@@ -58,6 +59,9 @@ def to_tflite(model, calibration=None, *, int8: bool = True, per_channel: bool =
       int8: full-integer quantisation with int8 input and output (what Ethos-U runs); False gives
         an fp32 model.
       per_channel: per-output-channel weight scales (default); False uses one scale per tensor.
+      npu_layer_norm: convert spatial LayerNorms as ``ChannelLayerNorm`` (channel means as 1x1
+        convolutions, see ``ran_keras.rewrite.layernorm``) so Vela keeps them on the NPU; the
+        function is the same. False keeps Keras' MEAN ops (which Vela leaves to the CPU).
 
     Same model, calibration and flags give the same bytes.
     """
@@ -65,6 +69,9 @@ def to_tflite(model, calibration=None, *, int8: bool = True, per_channel: bool =
     if not isinstance(model, keras.Model):
         raise ExportError(f"to_tflite takes a tf_keras model, got {type(model).__name__}")
     shape = input_shape_of(model)
+    if npu_layer_norm:
+        from ran_keras.rewrite.layernorm import npu_layer_norm as rewrite
+        model = rewrite(model)[0]
     fn = tf.function(lambda x: model(x, training=False))
     concrete = fn.get_concrete_function(tf.TensorSpec((1,) + shape, tf.float32, name="input"))
     with quiet():  # no trackable_obj: the direct (frozen-graph) path, see the module docstring

@@ -221,6 +221,18 @@ def check_target(tgt: Target) -> None:
     if problem:
         raise VelaConfigError(f"memory mode {tgt.memory_mode} does not fit system {tgt.system_config}: {problem}; "
                               f"memory modes that fit it: {', '.join(fitting) or 'none'}")
+    mode = _section(parser, f"Memory_Mode.{tgt.memory_mode}")
+    if tgt.arena_cache_size is not None and not _has_sram_cache(system, mode):
+        raise VelaConfigError(f"--arena-cache-size caps the NPU's SRAM cache, which only memory modes with a separate "
+                              f"cache have (Dedicated_Sram, as on u65-256 and u85-256); {tgt.name} uses "
+                              f"{tgt.memory_mode}, where Vela ignores the cap")
+
+
+def _has_sram_cache(system: Mapping[str, str], mode: Mapping[str, str]) -> bool:
+    """Vela's ``is_spilling_enabled``: the cache is on an SRAM port apart from the arena's; only then
+    does it apply arena_cache_size."""
+    cache, arena = mode.get("cache_mem_area", "Axi0"), mode.get("arena_mem_area", "Axi0")
+    return system.get(f"{cache.lower()}_port", "Sram") == "Sram" and cache != arena
 
 
 def _memory_problem(system: Mapping[str, str], mode: Mapping[str, str]) -> Optional[str]:

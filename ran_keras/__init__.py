@@ -15,6 +15,9 @@ from ran_keras.errors import RanError, SpecError, UnknownModelError, InputShapeE
 from ran_keras.spec import BlockSpec, NetworkSpec  # noqa: E402
 from ran_keras.registry import create_model, get_spec, list_models, resolve_spec  # noqa: E402
 from ran_keras.analysis.profiler import profile  # noqa: E402
+from ran_keras import serializables  # noqa: E402
+
+serializables.install()  # custom layers register with Keras once tf_keras is imported
 
 __all__ = ["BlockSpec", "NetworkSpec", "create_model", "get_spec", "list_models", "resolve_spec",
            "profile", "RanError", "SpecError", "UnknownModelError", "InputShapeError", "__version__"]

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from ran_keras import ir
 from ran_keras.backend import keras
-from ran_keras.errors import RanError, SpecError
+from ran_keras.errors import FileFormatError, RanError, SpecError
 from ran_keras.spec import NetworkSpec, with_activation
 from ran_keras.weights import importer
 
@@ -176,11 +176,40 @@ def load_model(path, compile: bool = False):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    if path.suffix == ".keras" and zipfile.is_zipfile(path):
-        model = _load_keras_archive(path, compile, CUSTOM_OBJECTS)
-        if model is not None:
-            return model
-    return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=compile)
+    _check_model_file(path)
+    try:
+        if path.suffix == ".keras":
+            model = _load_keras_archive(path, compile, CUSTOM_OBJECTS)
+            if model is not None:
+                return model
+        return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=compile)
+    except PermissionError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, OSError, zipfile.BadZipFile) as err:
+        detail = str(err).split(". Full object config")[0].splitlines()[0][:300] if str(err) else type(err).__name__
+        raise FileFormatError(path, f"Keras could not rebuild the model from it ({detail})",
+                              SAVED_MODEL_KINDS) from None
+
+
+#: what load_model reads, for error messages
+SAVED_MODEL_KINDS = ("a functional or Sequential tf_keras model saved with model.save() (as ran train and "
+                     "ran weights import write them; subclassed models cannot be rebuilt from a file)")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_model_file(path: Path) -> None:
+    """A .keras file must be a zip archive and a .h5 file an HDF5 file (checked before Keras reads them)."""
+    if path.is_dir():
+        raise FileFormatError(path, "a folder (a TensorFlow SavedModel?)", ".keras or .h5 model file")
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise FileFormatError(path, f"not a zip archive ({path.stat().st_size:,} bytes: truncated, damaged or "
+                                    "another format)", "a .keras model archive written by model.save()")
+    if path.suffix.lower() == ".h5":
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head != _HDF5_SIGNATURE:
+            raise FileFormatError(path, "not an HDF5 file (no HDF5 signature)", "a Keras .h5 model written by "
+                                        "model.save()")
 
 
 def _load_keras_archive(path: Path, compile: bool, custom_objects):

@@ -138,6 +138,8 @@ def resolve(model, *, weights=None, spec=None, input_size: Optional[int] = None)
             raise EvalError(f"--weights imports into a registered model or spec, not into {ref.path}")
         side = given or load_sidecar(ref.path)
         if ref.origin == "tflite":
+            from ran_keras.export.flatbuffer import inspect_tflite
+            inspect_tflite(ref.path)  # a damaged file is named here, not deep in the interpreter
             return _Runner(tflite=ref.path.read_bytes()), side, "tflite"
         from ran_keras.builder import load_model
         return _Runner(load_model(ref.path)), side, "keras"

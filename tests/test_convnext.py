@@ -164,16 +164,21 @@ def test_layer_scale_config_and_saved_model(tmp_path):
     assert json.loads(loaded.to_json()) == json.loads(model.to_json())
 
 
-def test_int8_export_and_vela_list_layernorm_means_on_the_cpu(tmp_path):
-    """ConvNeXt's LayerNorm leaves its channel-wise MEANs (mean and variance) on the CPU on Ethos-U."""
+def test_int8_export_runs_layernorm_on_the_npu_and_keras_means_would_not(tmp_path):
+    """Exported as Keras converts it, each spatial LayerNorm leaves two channel-wise MEANs on the
+    CPU on Ethos-U; the export's rewrite (the default) leaves none."""
     from ran_keras.export import tflite, vela
     model = ran_keras.create_model(convnext_spec("cx_vela", [16, 32], [1, 1]), input_shape=(32, 32, 3),
                                    classes=10, seed=0)
-    path = tmp_path / "cx_vela.tflite"
-    path.write_bytes(tflite.to_tflite(model))
-    report = vela.run_vela(path, "u55-128", tmp_path / "vela")
     spatial_ln = ["stem_block1_ln", "stage1_block1_ln", "stage2_block1_ln", "stage2_block2_ln"]
-    assert {op["op"] for op in report.cpu_ops} == {"MEAN"}
-    assert len(report.cpu_ops) == 2 * len(spatial_ln)
-    assert all(any(ln in op["name"] for ln in spatial_ln) for op in report.cpu_ops)
-    assert all("depth-reduction" in op["reason"] for op in report.cpu_ops)
+    for npu_layer_norm in (False, True):
+        path = tmp_path / f"cx_vela_{npu_layer_norm}.tflite"
+        path.write_bytes(tflite.to_tflite(model, npu_layer_norm=npu_layer_norm))
+        report = vela.run_vela(path, "u55-128", tmp_path / f"vela_{npu_layer_norm}")
+        if npu_layer_norm:
+            assert report.cpu_ops == []
+            continue
+        assert {op["op"] for op in report.cpu_ops} == {"MEAN"}
+        assert len(report.cpu_ops) == 2 * len(spatial_ln)
+        assert all(any(ln in op["name"] for ln in spatial_ln) for op in report.cpu_ops)
+        assert all("depth-reduction" in op["reason"] for op in report.cpu_ops)

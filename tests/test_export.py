@@ -142,7 +142,8 @@ def test_folder_source(tmp_path):
     for i, size in enumerate([(40, 30), (20, 50), (33, 33)]):
         Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    images, info = cal.load_images(f"folder:{tmp_path}", 5, 16)
+    with pytest.warns(cal.CalibrationWarning, match="gave 3 image"):
+        images, info = cal.load_images(f"folder:{tmp_path}", 5, 16)
     assert images.shape == (3, 16, 16, 3) and info["count"] == 3 and info["files"] == ["img0.png", "img1.png",
                                                                                          "img2.png"]
     assert cal.parse_source(str(tmp_path)).kind == "folder"  # a bare directory works too

@@ -193,31 +193,31 @@ def test_cli_hwtable_with_activation(tmp_path, capsys):
     assert "HARD_SWISH" not in ops
 
 
-#: a spec with LayerNorms: int8 TFLite computes their statistics with MEAN over channels, which
-#: Vela 5.2 leaves to the CPU on Ethos-U55 ("Unsupported depth-reduction")
-LAYERNORM_SPEC = {"format": "ran-keras-spec", "version": 1, "name": "tiny_ln", "head": [], "activation": "gelu",
-                  "stem": [{"kind": "conv", "channels": 8, "kernel": 4, "stride": 4, "norm": "ln", "bias": True,
-                            "activation": "linear"}],
-                  "stages": [[{"kind": "convnext", "channels": 8, "kernel": 3, "expansion": 2}]]}
+#: a spec with a stride-4 depthwise convolution, which Vela 5.2 leaves to the CPU (its LayerNorms
+#: would not be: the export runs them on the NPU, see tests/test_layernorm_npu.py)
+CPU_OP_SPEC = {"format": "ran-keras-spec", "version": 1, "name": "tiny_cpu", "head": [], "activation": "relu",
+               "stem": [{"kind": "conv", "channels": 8, "kernel": 3, "stride": 1}],
+               "stages": [[{"kind": "dw", "kernel": 5, "stride": 4}]]}
 
 
 def test_fail_on_cpu_ops_with_a_real_cpu_operator(family, tmp_path, capsys):
     import shutil
     shutil.copytree(family[0] / "tflite", tmp_path / "tflite")  # the reference comes from the cache
-    spec = tmp_path / "tiny_ln.json"
-    spec.write_text(json.dumps(LAYERNORM_SPEC))
+    spec = tmp_path / "tiny_cpu.json"
+    spec.write_text(json.dumps(CPU_OP_SPEC))
     argv = ["hwtable", "--models", str(spec), "--targets", "u55-128", "--input-size", "64", "--samples", "2",
             "--no-compare", "--jobs", "1", "--output-dir", str(tmp_path)]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "fall back to the CPU" in captured.err and "tiny_ln" in captured.out
+    assert "fall back to the CPU" in captured.err and "tiny_cpu" in captured.out
     assert main(argv + ["--fail-on-cpu-ops"]) == 1
     captured = capsys.readouterr()
     assert "u55-128 FPS" in captured.out  # the table is still printed (and written)
-    assert "ran hwtable: error: 4 operator(s) fall back to the CPU: tiny_ln on u55-128 (4): MEAN" in captured.err
-    with pytest.raises(CpuOpsError, match=r"tiny_ln on u55-128 \(4\)") as err:
+    assert ("ran hwtable: error: 1 operator(s) fall back to the CPU: tiny_cpu on u55-128 (1): DepthwiseConv2D"
+            in captured.err)
+    with pytest.raises(CpuOpsError, match=r"tiny_cpu on u55-128 \(1\)") as err:
         hwtable.run(settings(models=(str(spec),), targets=("u55-128",), jobs=1, fail_on_cpu_ops=True), tmp_path)
-    assert [m["label"] for m in err.value.document["models"]] == ["efficientnet_lite_b0", "tiny_ln"]
+    assert [m["label"] for m in err.value.document["models"]] == ["efficientnet_lite_b0", "tiny_cpu"]
     assert json.loads((tmp_path / "hwtable.json").read_text()) == err.value.document
 
 
@@ -236,3 +236,34 @@ def test_fail_on_cpu_ops_with_a_real_cpu_operator(family, tmp_path, capsys):
 def test_cli_hwtable_errors(argv, message, capsys, tmp_path):
     assert main(argv + ["--output-dir", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+#: a spec whose input std overflows float32 when the calibration images are normalised
+OVERFLOW_SPEC = dict(LAYERNORM_SPEC, name="tiny_overflow", activation="relu", input_std=[1e-38],
+                     stem=[{"kind": "conv", "channels": 8, "kernel": 3, "stride": 2}],
+                     stages=[[{"kind": "ibn", "channels": 8, "expansion": 2}]])
+
+
+def test_a_failed_model_is_marked_the_others_finish_and_no_old_table_stays(family, tmp_path, capsys):
+    import shutil
+    spec = tmp_path / "overflow.json"
+    spec.write_text(json.dumps(OVERFLOW_SPEC))
+    out = tmp_path / "out"
+    shutil.copytree(family[0] / "tflite", out / "tflite")  # the reference comes from the cache
+    (out / "hwtable.md").write_text("# an older run's table\n")
+    (out / "hwtable.png").write_bytes(b"old")
+    argv = ["hwtable", "--models", str(spec), "--targets", "u55-128", "--input-size", "64", "--samples", "2",
+            "--no-compare", "--jobs", "1", "--output-dir", str(out)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "ran hwtable: error: 1 of 2 measurements failed" in captured.err
+    assert "tiny_overflow: export failed: input mean [127.5] / std [1e-38] turn the calibration images into inf" \
+        in captured.err
+    doc = json.loads((out / "hwtable.json").read_text())
+    assert doc["complete"] is False and [f["model"] for f in doc["failures"]] == ["tiny_overflow"]
+    ref, bad = doc["models"]
+    assert ref["targets"]["u55-128"]["inferences_per_second"] > 0  # the other model was measured
+    assert bad["error"].startswith("export failed") and "error" in bad["targets"]["u55-128"]
+    assert "older run" not in (out / "hwtable.md").read_text() and "FAILED: tiny_overflow" in captured.out
+    assert (out / "hwtable.png").read_bytes() != b"old"
+    assert "tiny_overflow" in (out / "hwtable.csv").read_text().splitlines()[2]

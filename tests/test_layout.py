@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: source folders and the package names they are installed as (setup.cfg's package_dir)
 SOURCES = {"ran_keras": ROOT / "ran_keras", "ran_keras.export": ROOT / "export",
            "ran_keras.experiments": ROOT / "experiments", "ran_keras.vela_configs": ROOT / "vela_configs"}
-#: the modules that may import a model family (a module of ran_keras.models other than its store)
-MAY_IMPORT_FAMILIES = ("ran_keras.models", "ran_keras.registry")
+#: the modules that may import a model family (a module of ran_keras.models other than its store):
+#: the zoo itself and the absl launchers of single experiments, which nothing else imports
+MAY_IMPORT_FAMILIES = ("ran_keras.models", "ran_keras.registry", "ran_keras.experiments")
 
 
 def _modules():

@@ -153,7 +153,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                 kernel.assign(tf.fill(kernel.shape, float("nan")))
 
     with pytest.raises(NonFiniteLossError) as err:
-        train(tiny_cfg(tmp_path, checkpoint_every=2), tiny_spec(), callbacks=[Poison()])
+        train(tiny_cfg(tmp_path, checkpoint_every=2, steps_per_epoch=6, epochs=1), tiny_spec(), callbacks=[Poison()])
     msg = str(err.value)
     assert "non-finite loss (nan) at step 4" in msg and "ckpt-2" in msg and "not saved" in msg
     assert err.value.step == 4 and err.value.checkpoint.endswith("ckpt-2")

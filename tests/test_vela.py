@@ -12,11 +12,12 @@ from ran_keras.export.errors import (CpuOpsError, FloatTensorError, TFLiteFileEr
                                      VelaConfigError, VelaError, VelaNotInstalledError)
 from ran_keras.export.tflite import to_tflite
 
-PEAKS = {"u55-128": 128, "u65-256": 256, "u65-256-384k": 256, "u85-256": 256}  # MACs/cycle of each accelerator
+PEAKS = {"u55-128": 128, "u65-256": 256, "u65-256-384k": 256, "u85-256": 256, "u85-512": 512}  # MACs/cycle of each accelerator
 NAMED = {"u55-128": ("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram"),
          "u65-256": ("ethos-u65-256", "Ethos_U65_High_End", "Dedicated_Sram"),
          "u65-256-384k": ("ethos-u65-256", "Ethos_U65_High_End", "Dedicated_Sram_384KB"),
-         "u85-256": ("ethos-u85-256", "Ethos_U85_SYS_DRAM_Mid", "Dedicated_Sram")}
+         "u85-256": ("ethos-u85-256", "Ethos_U85_SYS_DRAM_Mid", "Dedicated_Sram"),
+         "u85-512": ("ethos-u85-512", "Ethos_U85_SYS_DRAM_High", "Dedicated_Sram")}
 
 
 def int8_file(keras, path, body, shape=(16, 16, 8), seed=0):
@@ -92,11 +93,18 @@ def test_user_combinations():
     t = vela.resolve_target({"accelerator": "ethos-u65-512", "system_config": "Ethos_U65_High_End",
                              "memory_mode": "Shared_Sram"})
     assert t.config == str(vela.our_config()) and t.peak_macs_per_cycle == 512
-    assert vela.resolve_target("u55-128", arena_cache_size=262144).arena_cache_size == 262144
+    assert vela.resolve_target("u65-256", arena_cache_size=262144).arena_cache_size == 262144
+
+
+def test_arena_cache_size_only_where_vela_applies_it():
+    """Vela caps only a separate SRAM cache (Dedicated_Sram); on Shared_Sram it would ignore the cap."""
+    with pytest.raises(VelaConfigError, match="u55-128 uses Shared_Sram, where Vela ignores the cap"):
+        vela.resolve_target("u55-128", arena_cache_size=262144)
+    assert vela.resolve_target("u85-256", arena_cache_size=1 << 20).arena_cache_size == 1 << 20
 
 
 @pytest.mark.parametrize("target, error, message", [
-    ("u55", UnknownTargetError, r"unknown target 'u55'.*accepted: u55-128, u65-256, u65-256-384k, u85-256"),
+    ("u55", UnknownTargetError, r"unknown target 'u55'.*accepted: u55-128, u65-256, u65-256-384k, u85-256, u85-512"),
     ("ethos-u99-8:Ethos_U65_High_End:Shared_Sram", UnknownTargetError, "unknown accelerator 'ethos-u99-8'"),
     ("ethos-u55-128:Nope:Shared_Sram", VelaConfigError, "system config 'Nope'.*accepted:"),
     ("ethos-u65-256:Ethos_U65_High_End:Nope", VelaConfigError, "memory mode 'Nope'"),

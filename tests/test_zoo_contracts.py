@@ -41,8 +41,10 @@ LAYER_EXAMPLES = {
     "HardSwish": {},
     "LayerScale": {"init": 0.25},
     "BorderBias": {},
-    "BoundedExp": {"limit": 3.0},
     "EdgePad": {"pad": 2},
+    "ChannelLayerNorm": {"epsilon": 1e-6},
+    "BoundedExp": {"limit": 3.0},
+    "Rsqrt": {"floor": 1e-5},
 }
 
 
@@ -56,7 +58,7 @@ def _size(spec):
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_features_only_gives_the_named_stage_outputs(name):
     spec = ran_keras.get_spec(name)
-    size = _size(spec) + 3                      # not a multiple of the stride: 'same' rounds up
+    size = _size(spec) + 3                      # not a multiple of the stride: the padding convention shows
     info = spec.feature_info
     assert [f.index for f in info] == list(range(len(spec.stages)))
     assert all(b.reduction >= a.reduction for a, b in zip(info, info[1:]))
@@ -66,8 +68,12 @@ def test_features_only_gives_the_named_stage_outputs(name):
     model = ran_keras.create_model(name, (size, size, 3), features_only=True)
     outs = model(np.zeros((1, size, size, 3), "float32"), training=False)
     assert model.output_names == [f"{name}_{info[i].name}" for i in picked]
-    assert [tuple(o.shape) for o in outs] == [
-        (1, -(-size // info[i].reduction), -(-size // info[i].reduction), info[i].channels) for i in picked]
+    rows = profile_spec(spec, (size, size, 3), include_top=False).layers
+    last = {f.index: [r for r in rows if r.name.startswith(f"{name}_{f.block}_")][-1] for f in info}
+    assert [tuple(o.shape) for o in outs] == [(1,) + tuple(last[i].output_shape) for i in picked]
+    assert all(last[i].output_shape[2] == info[i].channels for i in picked)
+    for o, i in zip(outs, picked):              # 'same' rounds up, 'valid' stems and downsamplings down
+        assert size // info[i].reduction <= o.shape[1] <= -(-size // info[i].reduction)
 
 
 def test_out_indices_pick_count_from_the_end_and_refuse_bad_values():

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-GOLDEN_MODELS = ("efficientnet_lite_b0", "ran_e_gt")
-GOLDEN_TARGETS = ("u55-128", "u65-256", "u65-256-384k", "u85-256")
+GOLDEN_MODELS = ("efficientnet_lite_b0", "ran_e_gt", "ran_e_hw_u65", "ran_e_hw_u55")
+GOLDEN_TARGETS = ("u55-128", "u65-256", "u65-256-384k", "u85-256", "u85-512")
 TOLERANCE = 0.02
 SETTINGS = {"input_size": 224, "classes": 1000, "seed": 0, "calibration": "photos", "samples": 8,
             "per_channel": True}

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 #: modules that contribute subcommands (each has ``register(subparsers)``); keep imports light
@@ -18,6 +19,8 @@ COMMANDS = [
     "ran_keras.cli.codesign",
     "ran_keras.cli.weights",
     "ran_keras.cli.evaluate",
+    "ran_keras.cli.hwsearch",
+    "ran_keras.cli.detect",
 ]
 
 
@@ -37,7 +40,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ran_keras.errors import RanError
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_args, **_kw: f"ran {args.command}: warning: {message}\n"
     try:
+        _check_outputs(args)
         return int(args.func(args) or 0)
     except (RanError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
         print(f"ran {args.command}: error: {err}", file=sys.stderr)
@@ -49,6 +55,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    finally:
+        warnings.formatwarning = shown
+
+
+def _check_outputs(args) -> None:
+    """Every command's output paths (-o/--output, --json FILE, --output-dir) are checked before it starts."""
+    from ran_keras import fileio
+    for attr, flag in (("output", "--output"), ("json", "--json")):
+        value = getattr(args, attr, None)
+        if value not in (None, "-"):
+            fileio.check_output_file(value, flag)
+    if getattr(args, "output_dir", None) and not getattr(args, "list_targets", False):
+        fileio.check_output_dir(args.output_dir, "--output-dir")
 
 
 if __name__ == "__main__":

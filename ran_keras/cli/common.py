@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from ran_keras import fileio
 from ran_keras.errors import RanError
@@ -29,7 +29,7 @@ def add_json_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def emit_json(data: Any, dest: Optional[str]) -> None:
-    text = json.dumps(data, indent=1, sort_keys=False) + "\n"
+    text = fileio.json_text(data, what="the --json output")
     if dest in (None, "-"):
         sys.stdout.write(text)
     else:
@@ -53,3 +53,23 @@ def positive_int(value: str) -> int:
 
 def nonneg_int(value: str) -> int:
     return _int_at_least(value, 0, "an integer >= 0")
+
+
+def floats(value: str) -> List[float]:
+    """'127.5' or '123.7,116.3,103.5' -> finite floats (input mean / std flags)."""
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        numbers = []
+    if not numbers or not all(math.isfinite(v) for v in numbers):
+        raise argparse.ArgumentTypeError(f"expected numbers like 127.5 or 123.7,116.3,103.5, got {value!r}")
+    return numbers
+
+
+def positive_floats(value: str) -> List[float]:
+    """As ``floats``, each > 0 (an input std: the input is divided by it)."""
+    numbers = floats(value)
+    if not all(v > 0 for v in numbers):
+        raise argparse.ArgumentTypeError(f"expected positive numbers (the input is divided by them) like 127.5 or "
+                                         f"58.4,57.1,57.4, got {value!r}")
+    return numbers

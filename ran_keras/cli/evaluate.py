@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ran_keras.cli.common import CliError, add_json_arg, emit_json, positive_int
+from ran_keras.cli.common import CliError, add_json_arg, emit_json, floats, positive_floats, positive_int
 
 DESCRIPTION = """\
 Evaluate a classifier with its reference's preprocessing (resize, centre crop, normalisation) and
@@ -18,13 +18,6 @@ import` and `ran export`), or from --spec / --input-mean / --input-std / --prepr
 Data: --dataset NAME (a prepared TFDS dataset such as imagenet2012 in --data_dir; nothing is
 downloaded) or --image_folder DIR (DIR/<class>/*, classes numbered in sorted order: ImageNet's
 synset folders give ImageNet's class numbers)."""
-
-
-def _floats(value: str):
-    try:
-        return [float(v) for v in value.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 127.5 or 123.7,116.3,103.5, got {value!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preprocessing", choices=sorted(RECIPES),
                    help="override the family's reference recipe: " + "; ".join(
                        f"{n}: {r.doc}" for n, r in RECIPES.items()))
-    p.add_argument("--input-mean", type=_floats, help="override the input mean (0-255 scale)")
-    p.add_argument("--input-std", type=_floats, help="override the input std (0-255 scale)")
+    p.add_argument("--input-mean", type=floats, help="override the input mean (0-255 scale)")
+    p.add_argument("--input-std", type=positive_floats, help="override the input std (0-255 scale)")
     p.add_argument("--input-size", type=positive_int, help="input size of a model built from a spec (default the spec's)")
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from ran_keras.cli.common import CliError, add_json_arg, emit_json, nonneg_int, positive_int
+from ran_keras.cli.common import (CliError, add_json_arg, emit_json, floats, nonneg_int, positive_floats,
+                                  positive_int)
 
 
 def _csv_list(value: str) -> List[str]:
@@ -15,13 +16,6 @@ def _csv_list(value: str) -> List[str]:
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {value!r}")
     return items
-
-
-def _floats(value: str) -> List[float]:
-    try:
-        return [float(v) for v in value.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 127.5 or 123.7,116.3,103.5, got {value!r}") from None
 
 
 def _progress(msg: str) -> None:
@@ -44,11 +38,17 @@ def _add_model_args(p: argparse.ArgumentParser, *, int8_flags: bool = True) -> N
     p.add_argument("--samples", type=positive_int, default=settings.CALIBRATION_COUNT,
                    help=f"calibration images (default {settings.CALIBRATION_COUNT})")
     p.add_argument("--tfds-data-dir", help="TFDS data_dir for --calibration tfds:...")
-    p.add_argument("--input-mean", type=_floats, help="override the input mean (0-255 scale; saved Keras models "
+    p.add_argument("--input-mean", type=floats, help="override the input mean (0-255 scale; saved Keras models "
                                                         "carry none, default 127.5)")
-    p.add_argument("--input-std", type=_floats, help="override the input std (default 127.5 for saved models)")
+    p.add_argument("--input-std", type=positive_floats, help="override the input std (default 127.5 for saved models)")
+    _add_memory_flag(p)
     if int8_flags:
         p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default per channel)")
+
+
+def _add_memory_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="export even when the estimated memory (weights, calibration images) exceeds the machine's")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "spec or Keras file: it is exported to int8 first (same options as `ran export`).")
     p.add_argument("model", nargs="?", metavar="MODEL", help=".tflite file, or a model to export first")
     p.add_argument("-t", "--target", action="append", type=_csv_list, metavar="TARGET",
-                   help="named target (u55-128, u65-256, u65-256-384k, u85-256) or ACCEL:SYSTEM:MEMORY; repeat or "
+                   help="named target (u55-128, u65-256, u65-256-384k, u85-256, u85-512) or ACCEL:SYSTEM:MEMORY; repeat or "
                         "comma-separate (default: all named targets)")
     p.add_argument("--accelerator-config", help="with --system-config/--memory-mode: a user combination")
     p.add_argument("--system-config", help="Vela system config (e.g. Ethos_U55_High_End_Embedded)")
@@ -115,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="convert again even when out/tflite has the model")
     p.add_argument("--fail-on-cpu-ops", action="store_true", help="exit 1 when any operator falls back to the CPU")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    _add_memory_flag(p)
     add_json_arg(p)
     p.set_defaults(func=cmd_hwtable)
 
@@ -145,7 +146,7 @@ def _export(args, model: str, *, int8: bool = True, compare: bool = True, output
                         activation=args.activation, seed=args.seed, calibration=args.calibration,
                         samples=args.samples, int8=int8, per_channel=not getattr(args, "per_tensor", False),
                         compare=compare, mean=args.input_mean, std=args.input_std, data_dir=args.tfds_data_dir,
-                        progress=say)
+                        progress=say, memory_check=not args.no_memory_check)
 
 
 def _print_export(rep: Dict[str, Any]) -> None:
@@ -177,6 +178,8 @@ def cmd_export(args) -> int:
     output = args.output
     if output is None:
         output = str(default_output(args.model, args.activation, int8))
+        from ran_keras import fileio
+        fileio.check_output_file(output, "the default output (-o)")
     elif Path(output).suffix.lower() != ".tflite":
         raise CliError(f"--output must end in .tflite, got {output!r}")
     result = _export(args, args.model, int8=int8, compare=not args.no_compare, output=output)
@@ -295,15 +298,16 @@ def cmd_vela(args) -> int:
 
 def cmd_hwtable(args) -> int:
     from ran_keras.export import hwtable
-    from ran_keras.export.errors import CpuOpsError
+    from ran_keras.export.errors import CpuOpsError, IncompleteTableError
     settings = hwtable.Settings(
         models=tuple(args.models or hwtable.DEFAULT_MODELS), targets=tuple(args.targets or hwtable.DEFAULT_TARGETS),
         activation=args.activation, input_size=args.input_size, classes=args.classes, seed=args.seed,
         calibration=args.calibration, samples=args.samples, per_channel=not args.per_tensor,
-        compare=not args.no_compare, jobs=args.jobs, cache=not args.no_cache, fail_on_cpu_ops=args.fail_on_cpu_ops)
+        compare=not args.no_compare, jobs=args.jobs, cache=not args.no_cache, fail_on_cpu_ops=args.fail_on_cpu_ops,
+        memory_check=not args.no_memory_check)
     try:
         doc, failure = hwtable.run(settings, args.output_dir, progress=_progress), None
-    except CpuOpsError as err:  # --fail-on-cpu-ops: the table is finished and written; show it, then fail
+    except (CpuOpsError, IncompleteTableError) as err:  # the table is written (failed rows marked): show it, fail
         if err.document is None:
             raise
         doc, failure = err.document, err

@@ -109,4 +109,7 @@ def cmd_scale(args) -> int:
             print(f"wrote {written[what]}", file=sys.stderr)
     for budget, path in written["specs"].items():
         print(f"wrote {path} ({budget}'s chosen model; try `ran profile {path}`)", file=sys.stderr)
+    if result.unmet:
+        print(f"ran scale: error: {result.unmet_message()}", file=sys.stderr)
+        return 1
     return 0

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=positive_int, default=1000, help="classifier size (default 1000)")
     p.add_argument("--activation", help="profile with this activation everywhere (e.g. relu6)")
     p.add_argument("--layers", action="store_true", help="also print (and put in JSON) the per-layer table")
+    p.add_argument("--image-size", help="detectors (rcnn_*): padded input HxW (default 800x800)")
+    p.add_argument("--rois", type=positive_int, help="detectors: RoIs per image through the head (default 1000)")
     add_json_arg(p)
     p.set_defaults(func=cmd_profile)
 
@@ -95,6 +97,11 @@ def _match(prof, paper) -> str:
 
 def cmd_profile(args) -> int:
     from ran_keras import registry
+    from ran_keras.tasks.detection.zoo import is_detector
+    if args.models and all(is_detector(m) for m in args.models):
+        return _profile_detectors(args)
+    if any(is_detector(m) for m in args.models):
+        raise CliError("profile detectors (rcnn_*) and classification models in separate commands")
     models: List[str] = args.models or registry.list_models()
     results = [(m, *_load(m, args.input_size, args.classes, args.activation)) for m in models]
     if args.json:
@@ -130,6 +137,20 @@ def cmd_profile(args) -> int:
             print(table(["layer", "op", "output", "params", "MACs", "non-linear"],
                         [[r.name, r.op, "x".join(str(d) for d in r.output_shape), r.params, r.macs,
                           r.nonlinear_units] for r in prof.layers]))
+    return 0
+
+
+def _profile_detectors(args) -> int:
+    """Detectors: params beside Table 3, MACs split backbone / RPN / RoI head at a stated size and RoI count."""
+    from ran_keras.cli.detect import HEADERS, _note, parse_size, profile_rows
+    size = (parse_size(args.image_size) if args.image_size else
+            (args.input_size, args.input_size) if args.input_size else (800, 800))
+    records, rows = profile_rows(args.models, size, args.rois)
+    if args.json:
+        emit_json({"models": records} if len(records) != 1 else records[0], args.json)
+        return 0
+    print(table(HEADERS, rows))
+    print(_note(size, records[0]["rois"]))
     return 0
 
 

@@ -157,3 +157,35 @@ def ran_e_c() -> NetworkSpec:
                              fps_u55=1.16, fps_u65=1.49))
 def ran_e_gt() -> NetworkSpec:
     return subnetwork("ran_e_gt", SUBNET_GT, "Ground Truth: manual design within the SuperNet")
+
+
+#: the designs `ran hwsearch` found (issue 15): one choice per AFRB site in network order
+#: (form-kernel-activation) and the head's activation. Found for each target separately; both searches
+#: ended at the same design. With ReLU6 allowed the search finds the same collapse pattern with ReLU6,
+#: faster still but 1.7 points below GT on digits (WORKSPACE.md, "Hardware-aware restructuring"), so the
+#: registered networks keep GT's activation (--activations hard_swish).
+HW_COMMAND = "ran hwsearch --targets u65-256,u55-128 --activations hard_swish"
+_HW_DESIGN = (("collapsed-k3-hard_swish",) * 5 + ("ibn-k3-hard_swish",) * 4 + ("collapsed-k3-hard_swish",)
+              + ("ibn-k3-hard_swish",) * 6, "hard_swish")
+HW_FOUND = {"u65-256": _HW_DESIGN, "u55-128": _HW_DESIGN}
+
+
+def hw_found(name: str, target: str) -> NetworkSpec:
+    """A design found by the hardware-aware search for ``target``, as a spec of the SuperNet's layout."""
+    from ran_keras.search.hwspace import Choice, Design, design_spec
+    keys, head = HW_FOUND[target]
+    design = Design(tuple(Choice.parse(k) for k in keys), head)
+    return design_spec(supernet_spec(), design, name=name,
+                       description=f"hardware-aware restructuring for {target}, found by `{HW_COMMAND}` (issue 15)")
+
+
+@register("ran_e_hw_u65", family="ran_e",
+          description=f"found by `{HW_COMMAND}` for u65-256: 6 blocks collapsed (issue 15)")
+def ran_e_hw_u65() -> NetworkSpec:
+    return hw_found("ran_e_hw_u65", "u65-256")
+
+
+@register("ran_e_hw_u55", family="ran_e",
+          description=f"found by `{HW_COMMAND}` for u55-128: 6 blocks collapsed (issue 15)")
+def ran_e_hw_u55() -> NetworkSpec:
+    return hw_found("ran_e_hw_u55", "u55-128")

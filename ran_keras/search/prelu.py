@@ -14,8 +14,8 @@ JSON that ``ran profile``, ``ran hwtable`` and ``experiments/train.py`` take dir
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -122,37 +122,58 @@ def alpha_variables(model, spec: NetworkSpec) -> list:
     return out
 
 
-def alpha_penalty(alpha_vars: Sequence, lam: float):
-    """lambda * sum (alpha_i - 1)^2 as a TF scalar (differentiable in the alphas)."""
+def check_weights(weights: Optional[Sequence[float]], n: int) -> List[float]:
+    """Per-AFRB penalty weights c_i: ``n`` finite numbers >= 0 (None: all 1, the plain search)."""
+    if weights is None:
+        return [1.0] * n
+    values = list(weights)
+    if len(values) != n or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                                   and w >= 0 for w in values):
+        raise SearchError(f"penalty weights must be {n} finite numbers >= 0 (one per AFRB), got {values!r}")
+    return [float(w) for w in values]
+
+
+def alpha_penalty(alpha_vars: Sequence, lam: float, weights: Optional[Sequence[float]] = None):
+    """lambda * sum c_i (alpha_i - 1)^2 as a TF scalar (differentiable in the alphas); c_i = 1 by default."""
     from ran_keras.backend import tf
+    c = check_weights(weights, len(alpha_vars))
     return tf.constant(float(lam), tf.float32) * tf.add_n(
-        [tf.square(tf.cast(a, tf.float32) - 1.0) for a in alpha_vars])
+        [tf.constant(w, tf.float32) * tf.square(tf.cast(a, tf.float32) - 1.0) for w, a in zip(c, alpha_vars)])
+
+
+def digits_variant(spec: NetworkSpec, name: str, description: str = "") -> NetworkSpec:
+    """``spec`` as the digits demo trains it: width 0.25 (stem and head scaled too, 'round'), the stem
+    at stride 1 for 32x32 inputs (total stride 16), BN momentum 0.9 (a few hundred steps are too few
+    for slower moving statistics), a stem bias and inputs scaled by 127.5 (as when WORKSPACE.md's demo
+    table was measured). One recipe for the SuperNet and for any network derived from its layout."""
+    narrow = scale_width(spec, 0.25, rounding="round", head=True, name=name)
+    return narrow.replace(stem=(narrow.stem[0].replace(stride=1, bias=True),), input_size=32, bn_momentum=0.9,
+                          input_mean=(127.5,), input_std=(127.5,), description=description or narrow.description)
 
 
 def demo_supernet_spec() -> NetworkSpec:
     """The narrow SuperNet of the digits demo: RAN-e's Table 5 layout (16 AFRBs of the same kinds in
-    the same order) at width 0.25, head included, stem stride 1, for 32x32 inputs (total stride 16).
-    BN momentum 0.9 (not 0.99): a few hundred steps are too few for slower moving statistics. The stem
-    keeps a bias and inputs are scaled by 127.5, as when WORKSPACE.md's demo table was measured."""
+    the same order) through ``digits_variant``."""
     from ran_keras.registry import get_spec
-    spec = scale_width(get_spec("ran_e_supernet"), 0.25, rounding="round", head=True, name=DEMO_SUPERNET)
-    return spec.replace(stem=(spec.stem[0].replace(stride=1, bias=True),), input_size=32, bn_momentum=0.9,
-                        input_mean=(127.5,), input_std=(127.5,),
-                        description="RAN-e SuperNet layout at width 0.25 for 32x32 digits (demo)")
+    return digits_variant(get_spec("ran_e_supernet"), DEMO_SUPERNET,
+                          "RAN-e SuperNet layout at width 0.25 for 32x32 digits (demo)")
 
 
 # --- the penalty as a model transform, alpha logging ---------------------------------------------
 
 class AlphaPenalty(ModelTransform):
-    """The search's loss term: ``lam * sum (alpha_i - 1)^2`` over the AFRBs of ``spec``, logged as
-    ``alpha_penalty``; the model itself is left as built."""
+    """The search's loss term: ``lam * sum c_i (alpha_i - 1)^2`` over the AFRBs of ``spec``, logged as
+    ``alpha_penalty``; the model itself is left as built. ``weights`` are the c_i (network order):
+    None for the plain search (all 1), measured cycle savings for the hardware-aware one
+    (``search.hwcost.collapse_weights``), so expensive blocks are pulled to collapse harder."""
 
-    def __init__(self, spec: NetworkSpec, lam: float):
+    def __init__(self, spec: NetworkSpec, lam: float, weights: Optional[Sequence[float]] = None):
         super().__init__("alpha_penalty")
         self.spec, self.lam = spec, check_lambda(lam)
+        self.weights = check_weights(weights, len(afrb_sites(spec)))
 
     def loss(self, model):
-        return alpha_penalty(alpha_variables(model, self.spec), self.lam)
+        return alpha_penalty(alpha_variables(model, self.spec), self.lam, self.weights)
 
 
 class AlphaLogger:
@@ -171,6 +192,8 @@ class AlphaLogger:
         from ran_keras.backend import tf
         variables = alpha_variables(trainer.model, self.spec)
         self._read = tf.function(lambda: tf.stack([tf.cast(v, tf.float32) for v in variables]))
+        if not getattr(trainer, "chief", True):   # another worker of a cluster: the chief writes the files
+            return
         self.rows = [r for r in read_alpha_csv(self.path, len(self.labels)) if r[0] <= trainer.step]
         header = ["step", "epoch"] + self.labels
         text = ",".join(header) + "\n" + "".join(_csv_line(r) for r in self.rows)
@@ -184,6 +207,8 @@ class AlphaLogger:
 
     def _append(self, trainer, step: int) -> None:
         from ran_keras.backend import tf
+        if self._fh is None:
+            return
         alphas = self.values()
         row = [step, step / trainer.steps_per_epoch] + alphas
         self.rows.append(row)
@@ -202,7 +227,12 @@ class AlphaLogger:
     def on_epoch_end(self, trainer, epoch: int, logs: Dict[str, float]) -> None:
         if self._fh:
             self._fh.flush()
-        self.plot()
+            self.plot()
+
+    def before_checkpoint(self, trainer, step: int) -> None:
+        if self._fh:   # the rows up to a checkpoint survive a kill (a resumed run keeps exactly those)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def on_train_end(self, trainer, stopped: Optional[str]) -> None:
         if self._fh:
@@ -293,6 +323,8 @@ class SearchResult:
     folded_macs: Optional[int] = None
     folded_path: Optional[str] = None
     steps: int = 0
+    chief: bool = True   # False on a non-chief worker of a cluster, which writes no outputs
+    weights: Optional[List[float]] = None
 
     @property
     def collapsed(self) -> int:
@@ -309,7 +341,7 @@ class SearchResult:
                 "params": self.params, "model_dir": self.model_dir, "steps": self.steps,
                 "retrain_accuracy": self.retrain_accuracy, "retrain_dir": self.retrain_dir,
                 "folded_accuracy": self.folded_accuracy, "folded_macs": self.folded_macs,
-                "folded_path": self.folded_path}
+                "folded_path": self.folded_path, "weights": self.weights}
 
 
 def lambda_tag(lam: float) -> str:
@@ -318,7 +350,8 @@ def lambda_tag(lam: float) -> str:
 
 def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: float, band=AFRB_BAND,
                derived_name: Optional[str] = None, derived_activation: str = "hard_swish",
-               alpha_log_every: int = 1, retrain_epochs: int = 0, fold: bool = False, log=print) -> SearchResult:
+               alpha_log_every: int = 1, retrain_epochs: int = 0, fold: bool = False, log=print,
+               weights: Optional[Sequence[float]] = None) -> SearchResult:
     """Search once at ``lam`` in ``cfg.model_dir``; writes derived_spec.json and search.json there.
 
     ``fold``: also collapse the trained SuperNet itself with the rewriter (``ran_keras.rewrite``;
@@ -333,12 +366,14 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         raise SearchError(f"--task={cfg.task}: the search trains the {ClassificationTask.name} task; leave --task unset")
     task = ClassificationTask(cfg, spec)
     spec = task.spec   # what is trained: --model (or ``spec``) with --width/--activation applied, once
-    trainer = Trainer(cfg, task, [AlphaPenalty(spec, lam)], log=log)
+    penalty = AlphaPenalty(spec, lam, weights)
+    trainer = Trainer(cfg, task, [penalty], log=log)
     check_derived(spec, band, name=derived_name, activation=derived_activation)
     out_dir = Path(cfg.model_dir)
     logger = AlphaLogger(spec, out_dir, band, alpha_log_every, title=f"{spec.name}: AFRB alphas, lambda = {lam:g}")
     trainer.callbacks.append(logger)
-    log(f"search: {spec.name} with {len(afrb_sites(spec))} AFRBs, loss = CE + {lam:g} * sum(alpha - 1)^2, "
+    weighted = "" if weights is None else " c_i"
+    log(f"search: {spec.name} with {len(afrb_sites(spec))} AFRBs, loss = CE + {lam:g} * sum{weighted}(alpha - 1)^2, "
         f"collapse band [{band[0]:g}, {band[1]:g}]")
     result = trainer.run()
     alphas = logger.values()
@@ -346,7 +381,8 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
                           activation=derived_activation, input_size=task.image_size,
                           note=f"; lambda {lam:g}, {result.steps} steps on {task.data_name}")
     derived_path = out_dir / "derived_spec.json"
-    derived.save(derived_path)
+    if result.chief:   # the other workers of a cluster write nothing
+        derived.save(derived_path)
     size, classes = task.image_size, task.classes
     shape = (size, size, spec.input_channels)
     n = len(alphas)
@@ -357,8 +393,9 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         eval_loss=result.final.get("eval_loss"), image_size=size, classes=classes, macs=prof.macs,
         macs_all_ibn=profile_spec(realize_afrbs(spec, [False] * n), shape, classes=classes).macs,
         macs_all_collapsed=profile_spec(realize_afrbs(spec, [True] * n), shape, classes=classes).macs,
-        params=prof.params, model_dir=str(out_dir), steps=result.steps)
-    if fold:
+        params=prof.params, model_dir=str(out_dir), steps=result.steps, chief=result.chief,
+        weights=None if weights is None else penalty.weights)
+    if fold and result.chief:
         _fold_supernet(res, task, band, log)
     if retrain_epochs:
         retrain_cfg = cfg.replace(model_dir=str(out_dir / "retrain"), epochs=retrain_epochs, model=None,
@@ -368,7 +405,8 @@ def run_search(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lam: flo
         retrained = train(retrain_cfg, derived, log=log)
         res.retrain_accuracy = retrained.final.get("eval_accuracy")
         res.retrain_dir = retrain_cfg.model_dir
-    fileio.write_text(out_dir / "search.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    if result.chief:
+        fileio.write_json(out_dir / "search.json", res.to_dict())
     log(format_result(res))
     return res
 
@@ -421,7 +459,9 @@ def run_sweep(cfg: TrainConfig, spec: Optional[NetworkSpec] = None, *, lambdas: 
         log(f"=== lambda {lam:g} ===")
         sub = cfg.replace(model_dir=str(root / lambda_tag(lam)))
         results.append(run_search(sub, spec, lam=lam, log=log, **kwargs))
-    fileio.write_text(root / "sweep.json", json.dumps([r.to_dict() for r in results], indent=1) + "\n")
+    if not results[0].chief:
+        return results
+    fileio.write_json(root / "sweep.json", [r.to_dict() for r in results])
     fileio.write_text(root / "sweep.md", format_sweep(results, markdown=True) + "\n")
     plot_sweep(results, root / "alphas_sweep.png")
     log(format_sweep(results))

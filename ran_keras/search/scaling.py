@@ -449,6 +449,18 @@ class SweepResult:
                               description=description)
         return spec.replace(family="ran_i")
 
+    @property
+    def unmet(self) -> List[str]:
+        """Names of the budgets no candidate meets."""
+        return [b.budget.name for b in self.budgets if b.chosen is None]
+
+    def unmet_message(self) -> str:
+        """The error line of a sweep with unmet budgets ('' when every budget has a model)."""
+        if not self.unmet:
+            return ""
+        return (f"no candidate meets budget {', '.join(self.unmet)} ({len(self.unmet)} of {len(self.budgets)}; "
+                "why is in the report above): widen --tolerance, --wm/--dm or the sweep")
+
     def to_dict(self, top: int = 5) -> Dict[str, Any]:
         return {"base": self.base.name, "base_point": self.base_point, "settings": self.settings,
                 "candidates": len(self.candidates), "evaluate_seconds": self.seconds,

@@ -213,7 +213,7 @@ class NetworkSpec:
         for key in ("family", "description"):
             if not isinstance(getattr(self, key), str):
                 raise SpecError(key, f"must be a string, got {getattr(self, key)!r}")
-        _check_number("classifier_dropout", self.classifier_dropout, lambda v: 0 <= v < 1, "in [0, 1)")
+        _check_number("classifier_dropout", self.classifier_dropout, lambda v: 0 <= v < 1, "a number in [0, 1)")
         for key in ("input_size", "input_channels"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -226,9 +226,9 @@ class NetworkSpec:
                                      f"got {list(getattr(self, key))}")
         if any(s <= 0 for s in self.input_std):
             raise SpecError("input_std", f"must be positive, got {list(self.input_std)}")
-        _check_number("bn_momentum", self.bn_momentum, lambda v: 0 <= v < 1, "in [0, 1)")
-        _check_number("bn_epsilon", self.bn_epsilon, lambda v: v > 0, "positive")
-        _check_number("alpha_init", self.alpha_init, math.isfinite, "finite")
+        _check_number("bn_momentum", self.bn_momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        _check_number("bn_epsilon", self.bn_epsilon, lambda v: v > 0, "a positive number")
+        _check_number("alpha_init", self.alpha_init, math.isfinite, "a finite number")
         if self.alpha_clip is not None:
             clip = _tuple_of_floats(self.alpha_clip, "alpha_clip", 2)
             if not clip[0] < clip[1]:
@@ -353,7 +353,7 @@ class NetworkSpec:
         return out
 
     def to_json(self, indent: Optional[int] = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent) + "\n"
+        return fileio.json_text(self.to_dict(), indent, what=f"spec {self.name}")
 
     @classmethod
     def from_dict(cls, data: Any) -> "NetworkSpec":
@@ -386,10 +386,19 @@ class NetworkSpec:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "NetworkSpec":
+        """Read a spec .json; every error names the file."""
         path = Path(path)
         if not path.is_file():
             raise SpecError("", f"spec file {str(path)!r} does not exist")
-        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SpecError("", f"not a text file (byte {err.start} is not UTF-8); expected a ran-keras spec "
+                                "JSON (`ran spec MODEL` writes one)", source=str(path)) from None
+        try:
+            return cls.from_json(text, source="the file")
+        except SpecError as err:
+            raise err.in_file(str(path)) from None
 
     def save(self, path: Union[str, Path]) -> Path:
         return fileio.write_text(path, self.to_json())
@@ -412,4 +421,4 @@ def load_sidecar(model_path: Union[str, Path]) -> Optional["NetworkSpec"]:
 
 def _check_number(key: str, value: Any, ok: Callable[[float], bool], what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-        raise SpecError(key, f"must be a number {what}, got {value!r}")
+        raise SpecError(key, f"must be {what}, got {value!r}")

@@ -13,6 +13,7 @@ from ran_keras.errors import ConfigError, close_matches
 
 TASKS: Dict[str, Union[str, type]] = {
     "classification": "ran_keras.tasks.classification:ClassificationTask",
+    "detection": "ran_keras.tasks.detection.task:DetectionTask",
 }
 
 

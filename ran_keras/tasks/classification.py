@@ -103,9 +103,14 @@ class ClassificationTask(Task):
                 f"mixup {cfg.mixup:g} cutmix {cfg.cutmix:g}"]
 
     def export(self, model, model_dir: Path) -> Path:
-        """The trained weights as a float32 softmax model (``model.keras``) plus its spec."""
+        """The trained weights as a float32 softmax model (``model.keras``) plus its spec (a QAT run's
+        float weights, without the fake quantisation)."""
         final = create_model(self.spec, self.input_shape, classes=self.classes, seed=self.cfg.seed)
-        final.set_weights(model.get_weights())
+        if any(type(layer).__name__.startswith("QuantizeWrapper") for layer in model.layers):
+            from ran_keras.quant.qat import float_weights   # a QAT run: by name, through the wrappers
+            float_weights(final, model)
+        else:
+            final.set_weights(model.get_weights())
         path = Path(model_dir) / "model.keras"
         with fileio.atomic_path(path, suffix=".keras") as tmp:
             final.save(tmp)

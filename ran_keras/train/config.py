@@ -15,10 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ran_keras.errors import ConfigError, close_matches
+from ran_keras.fileio import json_text
 
 
 def _f(default: Any, help: str, choices: Optional[Tuple[Any, ...]] = None, group: str = "train"):
@@ -28,7 +30,7 @@ def _f(default: Any, help: str, choices: Optional[Tuple[Any, ...]] = None, group
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("rmsprop", "adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "step")
 AUGMENTS = ("none", "autoaugment", "randaugment")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 
@@ -51,6 +53,10 @@ class TrainConfig:
     drop_path_rate: Optional[float] = _f(None, "stochastic depth: linear 0 -> rate over the blocks that have "
                                                "a drop_path field; default: keep the spec's values", group="model")
     seed: int = _f(0, "seed for initialisation, shuffling and augmentation", group="model")
+    qat: bool = _f(False, "quantisation-aware training (tfmot fake quantisation); the run also writes "
+                          "model_int8.tflite (int8, no representative data) beside model.keras", group="model")
+    init_model: Optional[str] = _f(None, "with --qat: float .keras model to fine-tune from (e.g. a finished run's "
+                                         "model.keras); default: the seeded initialisation", group="model")
 
     # --- data --------------------------------------------------------------------------------
     dataset: Optional[str] = _f(None, "'digits' (scikit-learn, offline) or a TFDS name such as imagenet2012",
@@ -83,13 +89,29 @@ class TrainConfig:
     mix_switch_prob: float = _f(0.5, "with both mixup and CutMix on: probability of CutMix for a batch",
                                 group="data")
 
+    # --- detection (--task=detection) ----------------------------------------------------------
+    backbone_weights: Optional[str] = _f(None, "detection: initialise the backbone from a saved zoo model "
+                                               "(.keras/.h5 of the same backbone spec, e.g. a ran train model.keras)",
+                                         group="detection")
+    eval_dataset: Optional[str] = _f(None, "detection: held-out data in --dataset's forms (voc:DIR[:IMAGES], "
+                                           "coco_json:FILE:IMAGES); TFDS coco/2017 uses --eval_split",
+                                     group="detection")
+    min_size: Optional[int] = _f(None, "detection: resize so the short side is this (default: the detector's, 800)",
+                                 group="detection")
+    max_size: Optional[int] = _f(None, "detection: ... unless the long side would pass this (default 1200)",
+                                 group="detection")
+
     # --- optimisation ------------------------------------------------------------------------
     optimizer: str = _f("rmsprop", "optimizer", OPTIMIZERS, group="optim")
     learning_rate: float = _f(0.01, "peak learning rate for a global batch of lr_reference_batch", group="optim")
     lr_reference_batch: int = _f(256, "batch size learning_rate is quoted for; the peak rate scales "
                                       "linearly with the global batch", group="optim")
     lr_scaling: bool = _f(True, "scale the learning rate linearly with the global batch", group="optim")
-    schedule: str = _f("cosine", "learning-rate schedule after warm-up", SCHEDULES, group="optim")
+    schedule: str = _f("cosine", "learning-rate schedule after warm-up ('step': x lr_decay at each of lr_steps)",
+                       SCHEDULES, group="optim")
+    lr_steps: Optional[str] = _f(None, "with --schedule=step: comma-separated epochs at which the rate is "
+                                       "multiplied by lr_decay, e.g. 16,22", group="optim")
+    lr_decay: float = _f(0.1, "with --schedule=step: factor applied at each of lr_steps", group="optim")
     warmup_epochs: float = _f(0.0, "linear warm-up from 0 to the peak rate (epochs)", group="optim")
     min_learning_rate: float = _f(0.0, "cosine floor", group="optim")
     epochs: int = _f(1, "training epochs", group="optim")
@@ -136,7 +158,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1) + "\n"
+        return json_text(self.to_dict(), what="the configuration")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -149,6 +171,8 @@ class TrainConfig:
 
 
 FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+#: the settings that say where the data comes from (one at a time)
+DATA_SOURCES = ("dataset", "image_folder")
 
 #: The named presets. Values not listed keep TrainConfig's defaults.
 RECIPES: Dict[str, Dict[str, Any]] = {
@@ -168,6 +192,12 @@ RECIPES: Dict[str, Dict[str, Any]] = {
                      ema=True, ema_decay=0.9999, augment="randaugment", randaugment_layers=2,
                      randaugment_magnitude=9.0, randaugment_magnitude_std=0.5, mixup=0.8, cutmix=1.0,
                      mix_switch_prob=0.5, label_smoothing=0.1, crop_min_scale=0.08),
+    # Faster R-CNN as Arm trained the detector (paper Appendix E; torchvision's detection reference):
+    # SGD momentum 0.9, lr 0.02 for a global batch of 16 (8 GPUs x 2), weight decay 1e-4, 26 epochs
+    # with the rate x0.1 at epochs 16 and 22, linear warm-up over the first 1000 steps (~0.136 epoch).
+    "faster_rcnn": dict(task="detection", optimizer="sgd", learning_rate=0.02, lr_reference_batch=16, batch_size=16,
+                        momentum=0.9, weight_decay=1e-4, weight_decay_mode="l2", schedule="step", lr_steps="16,22",
+                        lr_decay=0.1, warmup_epochs=0.136, epochs=26, dataset="coco/2017", log_every=20),
     # The offline demo: scikit-learn digits (8x8, upsampled) at 32x32 on a CPU in minutes.
     "digits": dict(dataset="digits", image_size=32, optimizer="adam", learning_rate=3e-3,
                    lr_reference_batch=32, batch_size=32, epsilon=1e-7, schedule="cosine", warmup_epochs=1,
@@ -191,11 +221,15 @@ def resolve_config(recipe: Optional[str] = None, overrides: Optional[Mapping[str
     name = check_recipe(recipe)
     if name != "none":
         values.update(RECIPES[name])
-    for key, value in (overrides or {}).items():
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key in given:
         if key not in FIELDS:
             raise ConfigError(f"unknown setting {key!r}{close_matches(key, FIELDS)}")
-        if value is not None:
-            values[key] = value
+    for source in DATA_SOURCES:  # a data source given replaces the recipe's (--recipe=digits --image_folder=X)
+        if source in given:
+            for other in DATA_SOURCES:
+                values.pop(other, None)
+    values.update(given)
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
@@ -229,16 +263,61 @@ def validate(cfg: TrainConfig) -> None:
     need("ema_decay", lambda v: isinstance(v, (int, float)) and 0 < v < 1, "in (0, 1)")
     for name in ("crop_min_scale", "eval_crop_fraction", "mix_switch_prob"):
         need(name, lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]")
+    need("min_size", lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+    need("max_size", lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+    need("lr_decay", lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]")
+    if cfg.schedule == "step":
+        lr_step_epochs(cfg)
     need("validation_fraction", lambda v: 0 < v < 1, "in (0, 1)")
     need("randaugment_magnitude", lambda v: 0 <= v <= 10, "in [0, 10]")
     need("drop_path_rate", lambda v: 0 <= v < 1, "in [0, 1)")
     need("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    if cfg.strategy == "multi_worker_mirrored":
+        check_tf_config()
     if cfg.strategy == "tpu" and not cfg.tpu:
         raise ConfigError("--strategy=tpu needs --tpu (a TPU name or grpc:// address; 'local' for a TPU VM)")
     if cfg.dataset and cfg.image_folder:
         raise ConfigError("give either --dataset or --image_folder, not both")
     from ran_keras.tasks import check_task
     check_task(cfg.task)
+
+
+def lr_step_epochs(cfg: TrainConfig) -> Tuple[int, ...]:
+    """--lr_steps as increasing epochs (ConfigError naming the flag otherwise)."""
+    try:
+        epochs = tuple(int(v) for v in (cfg.lr_steps or "").split(",") if v.strip())
+    except ValueError:
+        epochs = ()
+    if not epochs or list(epochs) != sorted(set(epochs)) or epochs[0] < 1:
+        raise ConfigError(f"--lr_steps: --schedule=step needs increasing positive epochs separated by commas, "
+                          f"e.g. 16,22; got {cfg.lr_steps!r}")
+    return epochs
+
+
+def check_tf_config() -> None:
+    """A TF_CONFIG that MultiWorkerMirroredStrategy can use (unset: a cluster of this machine alone)."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        addresses = cluster[task["type"]]
+        count = len(addresses)
+        ok = isinstance(task["index"], int) and 0 <= task["index"] < count
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"TF_CONFIG={text!r} is not a cluster description: --strategy=multi_worker_mirrored "
+                          'needs JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
+                          '"worker", "index": 0}} with this process\'s task among the cluster\'s')
+
+
+def require_model_dir(cfg: TrainConfig) -> None:
+    """A run writes everything to --model_dir: one without it is refused (before TensorFlow starts)."""
+    if not cfg.model_dir:
+        raise ConfigError("--model_dir is required (checkpoints, logs and the final model go there; "
+                          "re-running with the same folder resumes)")
 
 
 def model_spec(cfg: TrainConfig):

@@ -22,27 +22,40 @@ What a run writes to ``model_dir``::
     model.keras ...        the task's export (classification: float32 softmax + model.spec.json),
                            then each transform's
     results.json           final metrics, history, the task's fields (params, MACs, ...)
+    .lock                  held while a run writes here (``ran_keras.runlock``)
 
 The optimizer is built (slots created) before a checkpoint is restored, so its slots are restored
-right away rather than deferred (see the toolchain notes); tests check the slot values.
+right away rather than deferred (see the toolchain notes); tests check the slot values. A resume
+starts from the newest checkpoint that reads back whole (``train.checkpoints``), draws the same
+dropout masks (``train.seeds``) and cuts the logs back to its step (``train.events``). On a
+cluster (multi_worker_mirrored) every worker runs every collective (steps, metric reads, saves,
+the final weight read) and only the chief writes ``model_dir``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as _io
 import json
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ran_keras import fileio
 from ran_keras.backend import keras, tf
 from ran_keras.errors import RanError
+from ran_keras.runlock import FolderLock
 from ran_keras.tasks.base import Task, TaskError
-from ran_keras.train.config import ConfigError, TrainConfig
+from ran_keras.train import checkpoints
+from ran_keras.train.config import (ConfigError, TrainConfig, check_tf_config, lr_step_epochs,
+                                    require_model_dir)
+from ran_keras.train.events import truncate_events
+from ran_keras.train.seeds import bind_step_seeds
 from ran_keras.train.transforms import ModelTransform
 
 
@@ -81,6 +94,7 @@ def make_strategy(cfg: TrainConfig):
             return tf.distribute.MirroredStrategy()
         return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     if cfg.strategy == "multi_worker_mirrored":
+        check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=None if cfg.tpu == "local" else cfg.tpu)
     tf.config.experimental_connect_to_cluster(resolver)
@@ -98,6 +112,26 @@ def is_chief(strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
+def cluster_tasks(strategy) -> List[Tuple[str, int, str]]:
+    """(job, index, address) of every task of the strategy's cluster; [] on one machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None and resolver.task_type else {}
+    return [(job, i, addr) for job, addrs in sorted(cluster.items())
+            for i, addr in (addrs.items() if isinstance(addrs, dict) else enumerate(addrs))]
+
+
+def describe_cluster(strategy) -> str:
+    """`` of each task in a cluster of 2 (worker 0 at host:port, ...); this is worker 1`` ('' on one machine)."""
+    tasks = cluster_tasks(strategy)
+    if not tasks:
+        return ""
+    resolver = strategy.cluster_resolver
+    names = ", ".join(f"{job} {i} at {addr}" for job, i, addr in tasks)
+    role = " (the chief: it writes the run folder)" if is_chief(strategy) else ""
+    return (f" of each task in a cluster of {len(tasks)} ({names}); this is {resolver.task_type} "
+            f"{resolver.task_id}{role}")
+
+
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
@@ -110,15 +144,19 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     this schedule's value at the step just taken."""
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, schedule: str = "cosine",
-                 minimum: float = 0.0):
+                 minimum: float = 0.0, boundaries: Sequence[int] = (), decay: float = 0.1):
         self.peak, self.warmup_steps, self.total_steps = float(peak), int(warmup_steps), int(total_steps)
         self.schedule, self.minimum = schedule, float(minimum)
+        self.boundaries, self.decay = tuple(int(b) for b in boundaries), float(decay)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warm = self.peak * (step + 1.0) / max(1, self.warmup_steps)
         if self.schedule == "constant":
             after = tf.constant(self.peak)
+        elif self.schedule == "step":   # x decay at each boundary step (torchvision's MultiStepLR)
+            passed = tf.reduce_sum(tf.cast(step >= tf.constant(self.boundaries or (2 ** 62,), tf.float32), tf.float32))
+            after = self.peak * tf.pow(self.decay, passed)
         else:
             decay = float(max(1, self.total_steps - self.warmup_steps))
             progress = tf.clip_by_value((step - self.warmup_steps) / decay, 0.0, 1.0)
@@ -127,7 +165,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return dict(peak=self.peak, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                    schedule=self.schedule, minimum=self.minimum)
+                    schedule=self.schedule, minimum=self.minimum, boundaries=self.boundaries, decay=self.decay)
 
 
 def is_decayed(variable) -> bool:
@@ -170,6 +208,9 @@ class Callback:
 
     def on_train_end(self, trainer: "Trainer", stopped: Optional[str]) -> None: ...
 
+    def before_checkpoint(self, trainer: "Trainer", step: int) -> None:
+        """Make what was logged up to ``step`` durable: a resumed run keeps the logs up to its checkpoint."""
+
 
 @dataclass
 class RunResult:
@@ -182,6 +223,7 @@ class RunResult:
     history: List[Dict[str, Any]] = field(default_factory=list)
     resumed_from: int = 0
     model_path: Optional[str] = None
+    chief: bool = True   # False on a non-chief worker of a cluster, which writes no outputs
 
     def to_dict(self) -> Dict[str, Any]:
         return {"model_dir": self.model_dir, "model": self.model, "steps": self.steps,
@@ -189,10 +231,12 @@ class RunResult:
                 "resumed_from": self.resumed_from, "model_path": self.model_path, "history": self.history}
 
 
-#: settings that must not change when a run is resumed (they fix the data order and the schedule);
+#: settings that must not change when a run is resumed (they fix the data order and the learning-rate schedule,
+#: which a changed value would bend mid-run while config.json claimed it for the whole run);
 #: steps_per_epoch and what the task resolves (image_size) are compared as resolved
 RESUME_FIXED = ("batch_size", "dataset", "image_folder", "image_size", "seed", "shuffle_buffer", "steps_per_epoch",
-                "train_split", "validation_fraction")
+                "train_split", "validation_fraction", "epochs", "learning_rate", "lr_reference_batch", "lr_scaling",
+                "schedule", "warmup_epochs", "min_learning_rate")
 #: the loop's own metric, before the task's: the mean of the task's loss over the examples seen
 LOSS = "loss"
 
@@ -204,9 +248,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, task: Task, transforms: Sequence[ModelTransform] = (),
                  callbacks: Sequence[Callback] = (), log: Callable[[str], None] = print):
-        if not cfg.model_dir:
-            raise ConfigError("--model_dir is required (checkpoints, logs and the final model go there; "
-                              "re-running with the same folder resumes)")
+        require_model_dir(cfg)
         self.cfg, self.task = cfg, task
         self.transforms = list(transforms)
         self.callbacks = list(callbacks)
@@ -214,6 +256,8 @@ class Trainer:
         self.model_dir = Path(cfg.model_dir)
         self.step = 0
         self.train_writer = self.eval_writer = None
+        self.saved: Tuple[int, Optional[str]] = (-1, None)   # (step, path) of the newest good checkpoint
+        self.scratch: Optional[str] = None                   # a non-chief worker's checkpoint folder
 
     # -- set-up --
 
@@ -231,7 +275,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.peak_lr = cfg.peak_learning_rate()
         warmup = min(self.total_steps, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
-        self.schedule = WarmupSchedule(self.peak_lr, warmup, self.total_steps, cfg.schedule, cfg.min_learning_rate)
+        boundaries = ([e * self.steps_per_epoch for e in lr_step_epochs(cfg)] if cfg.schedule == "step" else [])
+        self.schedule = WarmupSchedule(self.peak_lr, warmup, self.total_steps, cfg.schedule, cfg.min_learning_rate,
+                                       boundaries, cfg.lr_decay)
         self.warmup_steps = warmup
 
     def _steps_per_epoch(self) -> int:
@@ -262,7 +308,7 @@ class Trainer:
                                             resolved_keys)
         if self.chief:
             fileio.write_text(cfg_path, resolved.to_json())
-            fileio.write_text(spec_path, json.dumps(fingerprint, indent=1) + "\n")
+            fileio.write_json(spec_path, fingerprint)
 
     def _check_resume_settings(self, before: Dict[str, Any], resolved: TrainConfig, resolved_keys) -> None:
         for key in RESUME_FIXED:
@@ -275,7 +321,7 @@ class Trainer:
 
     def _build(self):
         cfg = self.cfg
-        keras.utils.set_random_seed(cfg.seed)   # dropout / drop-path masks, from the start of a run
+        keras.utils.set_random_seed(cfg.seed)   # any randomness not seeded otherwise
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.mixed_precision.set_global_policy(_POLICIES[cfg.dtype])
@@ -291,12 +337,15 @@ class Trainer:
             self.eval_metrics = [keras.metrics.Mean(LOSS)] + list(self.task.build_metrics(False))
         self._check_names()
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        bind_step_seeds(self.model, self.step_var, cfg.seed)   # dropout / drop-path masks: exact on resume
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step_var,
                                               train_metrics=self.train_metrics)
-        ckpt_dir = self.model_dir / "checkpoints"
-        if not self.chief:
-            ckpt_dir = self.model_dir / f".worker_{self.strategy.cluster_resolver.task_id}"
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(ckpt_dir), max_to_keep=cfg.keep_checkpoints,
+        self.ckpt_dir = self.model_dir / "checkpoints"
+        save_dir = self.ckpt_dir
+        if not self.chief:   # every worker saves (saving reads synced values together); only the chief's are kept
+            self.scratch = tempfile.mkdtemp(prefix=f"ran_worker{self.strategy.cluster_resolver.task_id}_")
+            save_dir = Path(self.scratch)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(save_dir), max_to_keep=cfg.keep_checkpoints,
                                                   checkpoint_name="ckpt")
         self.decay_vars = [v for v in tvars if is_decayed(v)] if (
             cfg.weight_decay > 0 and cfg.weight_decay_mode == "l2") else []
@@ -312,18 +361,28 @@ class Trainer:
             raise TaskError(f"transform names must be unique, got {', '.join(names)}")
 
     def _restore(self) -> int:
-        latest = self.manager.latest_checkpoint
-        if not latest:
+        """The step of the newest intact checkpoint of the run (every worker reads the chief's), restored."""
+        try:
+            found = checkpoints.newest_intact(self.ckpt_dir, self.log)
+        except RuntimeError as err:
+            raise ConfigError(f"cannot resume {self.model_dir}: no checkpoint in {self.ckpt_dir} reads back whole "
+                              f"({err}); nothing can be resumed from them: move that folder away to train from "
+                              f"step 0 in this --model_dir, or use a new --model_dir") from None
+        if found is None:
             return 0
+        _, latest = found
         core = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step_var)
         try:
             core.restore(latest).expect_partial().assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as err:
-            raise ConfigError(f"cannot resume from {latest}: it does not match this model/optimizer "
-                              f"({str(err).splitlines()[0][:200]}); use a new --model_dir") from None
+            raise ConfigError(f"cannot resume from {latest}: it was written for another model or optimizer than "
+                              f"these settings build ({str(err).splitlines()[0][:200]}); resume it with the "
+                              f"settings it was trained with (its config.json), or train these in a new "
+                              f"--model_dir") from None
         if any(name.startswith("train_metrics/") for name, _ in tf.train.list_variables(latest)):
             tf.train.Checkpoint(train_metrics=self.train_metrics).restore(latest).expect_partial()
-        return int(self.step_var.numpy())
+        self.saved = (int(self.step_var.numpy()), latest)
+        return self.saved[0]
 
     # -- steps --
 
@@ -385,7 +444,7 @@ class Trainer:
             out.update({k: v / replicas for k, v in regs.items()})
             return out
 
-        @tf.function
+        @tf.function(reduce_retracing=True)   # detection batches vary in image and box-list size
         def train_step(features, labels):
             per_replica = strategy.run(replica_step, args=(features, labels))
             self.step_var.assign_add(1)
@@ -435,17 +494,41 @@ class Trainer:
         return row
 
     def _save(self, step: int) -> None:
+        """Flush every log up to ``step`` (a resumed run truncates them to its checkpoint), then checkpoint."""
         if not bool(self.weights_finite()):
             self._nonfinite(step, "weights")
-        self.manager.save(checkpoint_number=step)
+        for writer in (self.train_writer, self.eval_writer):
+            if writer is not None:
+                writer.flush()
+        for cb in self.callbacks:
+            getattr(cb, "before_checkpoint", lambda *a: None)(self, step)
+        path = self.manager.save(checkpoint_number=step)
+        self.saved = (step, path if self.chief else str(self.ckpt_dir / Path(path).name))
 
     def _nonfinite(self, step: int, what: str, value: Optional[float] = None):
-        latest = self.manager.latest_checkpoint
-        where = (f"the last good checkpoint is {latest} (step {latest.rsplit('-', 1)[-1]})" if latest
-                 else "no checkpoint had been written yet")
+        saved, latest = self.saved
+        where = f"the last good checkpoint is {latest} (step {saved})" if latest else "no checkpoint had been written yet"
         shown = f" ({value})" if value is not None else ""
         msg = (f"non-finite {what}{shown} at step {step}: training stopped and the weights of this step were not "
                f"saved; {where}. Lower --learning_rate, set --clip_grad_norm, or check the input data.")
+        raise NonFiniteLossError(msg, step, latest)
+
+    def _check_eval(self, step: int, row: Dict[str, Any]) -> None:
+        """Stop like a non-finite training loss when the held-out loss is NaN/Inf (nothing is exported)."""
+        value = row.get(f"eval_{LOSS}")
+        if value is None or math.isfinite(value):
+            return
+        if not bool(self.weights_finite()):
+            self._nonfinite(step, "weights")
+        saved, latest = self.saved
+        if saved == step:
+            held = f"the checkpoint of this step ({latest}) holds the weights that gave it"
+        else:
+            held = ("these weights were not saved; " + (f"the last checkpoint is {latest} (step {saved})" if latest
+                                                        else "no checkpoint had been written yet"))
+        msg = (f"non-finite evaluation loss ({value}) after step {step}: training stopped and no model or "
+               f"results.json was written; {held}. Lower --learning_rate, set --clip_grad_norm, or check the "
+               f"held-out data.")
         raise NonFiniteLossError(msg, step, latest)
 
     def columns(self, rows: Sequence[Dict[str, Any]] = ()) -> List[str]:
@@ -490,8 +573,8 @@ class Trainer:
             log(line)
         log(f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs = {self.total_steps} steps; dtype {cfg.dtype}"
             + (", XLA" if cfg.xla else ""))
-        log(f"strategy {cfg.strategy}: {self.replicas} replica(s) on {devices}; global batch {cfg.batch_size} = "
-            f"{self.replicas} x {cfg.batch_size // self.replicas} per replica")
+        log(f"strategy {cfg.strategy}: {self.replicas} replica(s) on {devices}{describe_cluster(self.strategy)}; "
+            f"global batch {cfg.batch_size} = {self.replicas} x {cfg.batch_size // self.replicas} per replica")
         scaling = (f"{cfg.learning_rate:g} per {cfg.lr_reference_batch} x {cfg.batch_size}/{cfg.lr_reference_batch}"
                    if cfg.lr_scaling else "unscaled")
         log(f"optimizer {cfg.optimizer}, peak lr {self.peak_lr:.4g} ({scaling}), {cfg.schedule} after "
@@ -500,26 +583,32 @@ class Trainer:
         if self.transforms:
             log(f"transforms: {', '.join(t.name for t in self.transforms)}")
         if start:
-            log(f"resumed from {self.manager.latest_checkpoint} at step {start} (epoch {start // self.steps_per_epoch}"
+            log(f"resumed from {self.saved[1]} at step {start} (epoch {start // self.steps_per_epoch}"
                 f" + {start % self.steps_per_epoch} steps)")
 
     def run(self) -> RunResult:
         """Train (or resume) to the configured number of epochs; returns the final metrics."""
         self._setup()
-        self._check_model_dir()
-        try:
-            self._build()
-            start = self._restore()
-            self.step = start
-            self._describe(start)
-            self._make_steps()
-            return self._loop(start)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+        lock = FolderLock(self.model_dir, log=self.log) if self.chief else contextlib.nullcontext()
+        with lock:
+            self._check_model_dir()
+            try:
+                self._build()
+                start = self._restore()
+                self.step = start
+                self._describe(start)
+                self._make_steps()
+                return self._loop(start)
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+                if self.scratch:
+                    shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _loop(self, start: int) -> RunResult:
         writers = {}
-        if self.chief:
+        if self.chief:   # logs read as an uninterrupted run's: what came after the checkpoint goes
+            for k in ("train", "eval"):
+                truncate_events(self.model_dir / "tensorboard" / k, start)
             writers = {k: tf.summary.create_file_writer(str(self.model_dir / "tensorboard" / k))
                        for k in ("train", "eval")}
         self.train_writer, self.eval_writer = writers.get("train"), writers.get("eval")
@@ -562,12 +651,12 @@ class Trainer:
                 if not math.isfinite(logs[key]) and not (key == "grad_norm" and cfg.dtype == "float16"):
                     self._nonfinite(step, "loss" if key == LOSS else "gradient norm", logs[key])
             logs["learning_rate"] = float(self.schedule(step - 1))   # the rate this step used
-            if step % ckpt_every == 0 or step == self.total_steps:
-                self._save(step)
             if step % cfg.log_every == 0 or step == self.total_steps:
                 self._log_step(step, epoch, logs, seen / max(time.time() - t0, 1e-9))
             for cb in self.callbacks:
                 cb.on_step_end(self, step, logs)
+            if step % ckpt_every == 0 or step == self.total_steps:   # after the step's logs: they go with it
+                self._save(step)
             if step >= (epoch + 1) * self.steps_per_epoch:
                 break
         row = {"epoch": epoch + 1, "step": step, "learning_rate": logs["learning_rate"],
@@ -575,6 +664,7 @@ class Trainer:
                "seconds": round(time.time() - t0, 2)}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             row.update(self.evaluate())
+            self._check_eval(step, row)
         history.append(row)
         self._log_epoch(row)
         if self.chief:
@@ -586,13 +676,12 @@ class Trainer:
         extras = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k not in (LOSS, "learning_rate"))
         self.log(f"step {step}/{self.total_steps} (epoch {epoch + 1}/{self.cfg.epochs}) loss {logs[LOSS]:.4f} "
                  f"{extras} lr {logs['learning_rate']:.3g} | {rate:.0f} img/s")
+        # every worker reads the running metrics: a read sums them over the workers (a collective all must join)
+        running = {m.name: float(m.result()) for m in self.train_metrics[1:] if m.name not in logs}
         if self.train_writer is not None:
             with self.train_writer.as_default(step=step):
-                for k, v in logs.items():
+                for k, v in {**logs, **running}.items():
                     tf.summary.scalar(k, v)
-                for m in self.train_metrics[1:]:
-                    if m.name not in logs:
-                        tf.summary.scalar(m.name, float(m.result()))
 
     def _format(self, row: Dict[str, Any], prefix: str) -> str:
         """``loss 0.1234 accuracy 56.78% ...`` for the ``prefix``_ columns of ``row``."""
@@ -619,7 +708,7 @@ class Trainer:
 
     def _finish(self, start: int, history: List[Dict[str, Any]]) -> RunResult:
         cfg, task = self.cfg, self.task
-        if self.manager.latest_checkpoint is None or int(self.step_var.numpy()) != self._latest_step():
+        if int(self.step_var.numpy()) != self.saved[0]:   # the same decision on every worker
             self._save(int(self.step_var.numpy()))
         if cfg.ema:
             with self.strategy.scope():
@@ -628,29 +717,55 @@ class Trainer:
             self.log("final weights: the exponential moving average (EMA)")
         if cfg.ema or not history or history[-1].get(f"eval_{LOSS}") is None:
             final = self.evaluate()
+            self._check_eval(int(self.step_var.numpy()), final)
         else:
             final = {k: v for k, v in history[-1].items() if k.startswith("eval_")}
         result = RunResult(str(self.model_dir), task.model_name, int(self.step_var.numpy()), self.total_steps,
-                           cfg.epochs, final, history, start)
+                           cfg.epochs, final, history, start, chief=self.chief)
+        model = self._exportable_model()
         if self.chief:
-            keras.mixed_precision.set_global_policy("float32")
-            path = task.export(self.model, self.model_dir)
+            path = task.export(model, self.model_dir)
             result.model_path = None if path is None else str(path)
             for transform in self.transforms:
-                transform.export(self.model, self.model_dir)
+                transform.export(model, self.model_dir)
             record = dict(result.to_dict(), **task.result_fields(), global_batch=cfg.batch_size,
                           replicas=self.replicas)
-            fileio.write_text(self.model_dir / "results.json", json.dumps(record, indent=1) + "\n")
+            fileio.write_json(self.model_dir / "results.json", record)
         self.log(f"done: step {result.steps}, held-out {self._format(final, 'eval_')}; model {result.model_path}")
         return result
 
-    def _latest_step(self) -> int:
-        latest = self.manager.latest_checkpoint
-        return int(latest.rsplit("-", 1)[-1]) if latest else -1
+    def _exportable_model(self):
+        """The trained model for export, under the float32 policy. On a cluster every worker reads the weights
+        (reading synced variables, e.g. BatchNorm's moving statistics, is a collective all must join) and the
+        chief gets a copy with plain variables, which it can read and save alone."""
+        keras.mixed_precision.set_global_policy("float32")
+        if not cluster_tasks(self.strategy):
+            return self.model
+        weights = self.model.get_weights()
+        if not self.chief:
+            return None
+        model = self.task.build_model()
+        for transform in self.transforms:
+            model = transform.apply(model)
+        model.set_weights(weights)
+        return model
 
 
 def train(cfg: TrainConfig, spec=None, *, transforms: Sequence[ModelTransform] = (),
           callbacks: Sequence[Callback] = (), log: Callable[[str], None] = print) -> RunResult:
     """Run (or resume) the task --task names (default classification) on ``spec`` (None: --model's)."""
     from ran_keras.tasks import make_task
-    return Trainer(cfg, make_task(cfg, spec), transforms, callbacks, log).run()
+    task = make_task(cfg, spec)
+    return Trainer(cfg, task, [*transforms, *config_transforms(cfg, task)], callbacks, log).run()
+
+
+def config_transforms(cfg: TrainConfig, task: Task) -> List[ModelTransform]:
+    """The transforms the config asks for: ``--qat`` (fine-tuning from ``--init_model``)."""
+    if cfg.init_model and not cfg.qat:
+        raise ConfigError(f"--init_model={cfg.init_model} is used with --qat only; add --qat or drop it")
+    if not cfg.qat:
+        return []
+    if cfg.init_model and not Path(cfg.init_model).is_file():
+        raise ConfigError(f"--init_model: no file {cfg.init_model!r} (a float .keras model, e.g. a run's model.keras)")
+    from ran_keras.quant.qat import QATTransform
+    return [QATTransform(cfg.init_model, spec=getattr(task, "spec", None))]

@@ -14,11 +14,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from ran_keras.backend import tf
+from ran_keras.tasks.detection.config import DEFAULT_ASPECT_RATIOS, DEFAULT_SIZES
 from ran_keras.tasks.detection.errors import DetectionError
-
-#: Arm's detector: sizes 32-512 and three aspect ratios on the single stride-32 map (15 anchors)
-DEFAULT_SIZES = (32, 64, 128, 256, 512)
-DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
 def num_anchors_per_location(sizes: Sequence[float] = DEFAULT_SIZES,

@@ -121,19 +121,23 @@ def batched_nms(boxes, scores, iou_threshold: float, max_output_size: int, class
     """
     if iou_threshold < 0 or iou_threshold > 1:
         raise DetectionError(f"NMS IoU threshold: must lie in [0, 1], got {iou_threshold}")
-    n = tf.shape(boxes)[0]
-    candidates = tf.range(n) if valid is None else tf.boolean_mask(tf.range(n), valid)
-    cand_boxes = tf.gather(boxes, candidates)
-    cand_scores = tf.gather(scores, candidates)
+    if valid is None:
+        valid = tf.ones(tf.shape(scores), tf.bool)
+    valid = tf.cast(valid, tf.bool)
     if classes is not None:
-        max_coordinate = tf.reduce_max(tf.concat([tf.reshape(cand_boxes, [-1]), [0.0]], 0))
-        offsets = tf.cast(tf.gather(classes, candidates), cand_boxes.dtype) * (max_coordinate + 1.0)
-        cand_boxes = cand_boxes + offsets[:, None]
-    keep = tf.image.non_max_suppression(cand_boxes, cand_scores, max_output_size, iou_threshold)
-    kept = tf.gather(candidates, keep)
-    count = tf.shape(kept)[0]
-    indices = tf.pad(kept, [[0, max_output_size - count]])
-    return indices, tf.range(max_output_size) < count
+        max_coordinate = tf.reduce_max(tf.concat([tf.reshape(tf.where(valid[:, None], boxes, 0.0), [-1]), [0.0]], 0))
+        boxes = boxes + tf.cast(classes, boxes.dtype)[:, None] * (max_coordinate + 1.0)
+    # invalid entries rank below every real score and are cut by the threshold; indices stay those of
+    # ``boxes``, with no gather of a candidate list (TFLite's WHILE/GATHER fails on an empty one)
+    scores = tf.cast(scores, tf.float32)
+    scale = tf.maximum(tf.reduce_max(tf.concat([tf.abs(scores), [1.0]], 0)), 1.0)
+    ranked = tf.where(valid, scores, -2.0 * scale)
+    indices, count = tf.raw_ops.NonMaxSuppressionV4(
+        boxes=boxes, scores=ranked, max_output_size=max_output_size, iou_threshold=float(iou_threshold),
+        score_threshold=-1.5 * scale, pad_to_max_output_size=True)
+    count = tf.minimum(count, tf.reduce_sum(tf.cast(valid, tf.int32)))
+    kept = tf.range(max_output_size) < count
+    return tf.where(kept, indices, 0), kept
 
 
 def _weights(weights: Optional[Sequence[float]]) -> Tuple[float, float, float, float]:
