@@ -214,3 +214,14 @@ def test_cli_linearise_fold_and_start_from(tmp_path, keras, rng):
     saved = ran_keras.builder.load_model(tmp_path / "lin.keras")
     assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), saved.get_weights()))
     assert main(["codesign", "fold", str(tmp_path / "cx.keras"), str(tmp_path / "g.keras")]) == 2
+
+
+@pytest.mark.slow
+def test_bounded_exp_exports_to_integer_tanh_and_exp():
+    """The stable psi is all-integer in TFLite (TANH, EXP), so Ethos-U can run it (WORKSPACE.md)."""
+    from ran_keras.experiments.psi_stability import study_spec
+    from ran_keras.export.pipeline import export_model
+    rep = export_model(study_spec("bounded_exp", [8], [1], 0.5), input_size=32, classes=4, samples=2,
+                       calibration="random").report
+    assert rep["integer_only"] and rep["tflite"]["ops"]["TANH"] == 1 and rep["tflite"]["ops"]["EXP"] == 1
+    assert rep["agreement"]["top1_agreement"] >= 0.5

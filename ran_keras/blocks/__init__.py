@@ -1,5 +1,5 @@
 """Block kinds, one family per module: ``plain`` (conv, dw, maxpool), ``mobile`` (ibn, collapsed,
-afrb1/2/3), ``resnet`` (basic), ``convnext`` (convnext, convnext_down). ``base`` holds the
+afrb1/2/3), ``resnet`` (basic), ``convnext`` (convnext, convnext_codesign, convnext_down). ``base`` holds the
 schema machinery and the registry; importing this package registers every kind."""
 
 from ran_keras.blocks.base import KINDS, REQUIRED, BlockKind, Field, get_kind, register_kind
