@@ -12,7 +12,6 @@ counts NPU cycles only, so the Keras form's figure leaves its CPU MEANs out.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -87,7 +86,7 @@ def main(argv) -> int:
         except Exception as err:  # finish the others, report this one
             failed.append(f"{name}: {type(err).__name__}: {err}")
             print(f"FAILED {failed[-1]}", file=sys.stderr, flush=True)
-    fileio.write_text(out / "layernorm_npu.json", json.dumps({"rows": rows, "failed": failed}, indent=1) + "\n")
+    fileio.write_json(out / "layernorm_npu.json", {"rows": rows, "failed": failed})
     fileio.write_text(out / "layernorm_npu.md", markdown(rows))
     print(markdown(rows))
     return 1 if failed else 0

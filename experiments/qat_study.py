@@ -122,7 +122,7 @@ def main(argv) -> int:
             except Exception as err:  # finish the others, report this one
                 failed.append(f"{name} seed {seed}: {type(err).__name__}: {err}")
                 print(f"FAILED {failed[-1]}", file=sys.stderr, flush=True)
-            fileio.write_text(out / "qat_study.json", json.dumps({"rows": rows, "failed": failed}, indent=1) + "\n")
+            fileio.write_json(out / "qat_study.json", {"rows": rows, "failed": failed})
     fileio.write_text(out / "qat_study.md", markdown(rows))
     print(markdown(rows))
     return 1 if failed else 0

@@ -11,7 +11,6 @@ data and compiled. Writes ``qat_vela.json`` and ``qat_vela.md``.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def main(argv) -> int:
         except Exception as err:  # finish the others, report this one
             failed.append(f"{name}: {type(err).__name__}: {err}")
             print(f"FAILED {failed[-1]}", file=sys.stderr, flush=True)
-    fileio.write_text(out / "qat_vela.json", json.dumps({"rows": rows, "failed": failed}, indent=1) + "\n")
+    fileio.write_json(out / "qat_vela.json", {"rows": rows, "failed": failed})
     table = ["| model | target | CPU ops | FPS (Vela) |", "|---|---|---|---|"]
     table += [f"| {r['model']} | {r['target']} | {r['cpu_ops']} | {r['fps']:.1f} |" for r in rows]
     fileio.write_text(out / "qat_vela.md", "\n".join(table) + "\n")
